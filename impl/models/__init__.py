@@ -1,0 +1,6 @@
+"""The seed's networks (§3.1.2 CNNs, ResNet18 fine-tuning, §3.2 SimpleViT). Spec: spec/models/."""
+
+from impl.models.cnn import CustomNet, CustomNet2, SimpleNet
+from impl.models.resnet import resnet18
+
+__all__ = ["CustomNet", "CustomNet2", "SimpleNet", "SimpleViT", "resnet18"]
