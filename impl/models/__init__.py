@@ -2,5 +2,6 @@
 
 from impl.models.cnn import CustomNet, CustomNet2, SimpleNet
 from impl.models.resnet import resnet18
+from impl.models.vit import SimpleViT
 
 __all__ = ["CustomNet", "CustomNet2", "SimpleNet", "SimpleViT", "resnet18"]

@@ -1,0 +1,1 @@
+"""Benchmarks of impl/attention.py and the SimpleViT training step (table: attention)."""
