@@ -1,0 +1,753 @@
+"""The training and evaluation engine: course schedule, checkpoints, metrics, resume, DDP. Spec: spec/train/.
+
+Promises:
+- SGD with momentum for the CNNs, AdamW for the ViT; linear warmup then cosine to `eta_min`, stepped every iteration.
+- Cross-entropy, top-1/top-5 in percent; evaluation may average the logits of the image and its horizontal flip (`-e`).
+- Checkpoints in `<run>/models/` with the course keys (`epoch, model_arch, state_dict, best_acc1, optimizer,
+  scheduler`), written atomically, loaded with `torch.load(weights_only=True)`; a checkpoint of the course loads too.
+- Resume is exact: each epoch reseeds every random stream from (seed, epoch, rank), so on CPU two epochs straight and
+  one + resume + one give bit-identical weights.
+- A non-finite loss stops training with `TrainingDiverged` naming the epoch and iteration; the checkpoint of the last
+  complete epoch stays on disk.
+- Under `torch.distributed` (torchrun) the model is wrapped in DistributedDataParallel, every rank sees its shard of the
+  same permutation, metrics are summed across ranks and only rank 0 writes files. With BatchNorm-free models, N ranks
+  equal one process with the same global batch.
+
+Adversarial training plugs in from a higher room without this one importing it: `fit(perturb=...)` replaces each
+training batch by `perturb(model, images, labels)`, `extra_evals` add named metrics to each epoch's row, and
+`TrainConfig.best_metric` chooses which of them selects `model_best.pth.tar`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pth.tar"
+BEST_NAME = "model_best.pth.tar"
+COURSE_KEYS = ("epoch", "model_arch", "state_dict", "best_acc1", "optimizer", "scheduler")
+
+# images, labels -> the images to train on (an adversarial example generator, for instance)
+Perturb = Callable[[nn.Module, Tensor, Tensor], Tensor]
+# the (unwrapped) model -> named metrics added to the epoch's row, e.g. {"val_robust_top1": 31.5}
+ExtraEval = Callable[[nn.Module], Mapping[str, float]]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch, the iteration and the last good checkpoint."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read or lacks what is needed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (saved as config.json and inside every checkpoint)."""
+
+    model_arch: str = "simplenet"  # written to checkpoints under the course key `model_arch`
+    epochs: int = 90  # total epochs, counting those before a resume
+    warmup: int = 5  # epochs of linear warmup
+    batch_size: int = 256  # global images per optimizer step (split evenly over ranks)
+    val_batch_size: int = 100  # images per evaluation batch, per rank
+    lr: float = 0.1  # peak learning rate, reached at the end of warmup
+    eta_min: float = 1e-8  # learning rate at the start of warmup and at the end of the cosine
+    momentum: float = 0.9  # SGD momentum (ignored by AdamW)
+    weight_decay: float = 1e-4
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    clip_grad: float = 0.0  # max gradient norm; 0 disables (the course clips the ViT only, at 1.0)
+    workers: int = 4  # data-loading processes per rank
+    print_freq: int = 10  # iterations between course-format log lines and TensorBoard points
+    seed: int = 2022  # the course's fixed seed
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype; fp16 needs CUDA (it uses a GradScaler)
+    compile: bool = False  # torch.compile the model
+    val_flip: bool = False  # average logits with the horizontally flipped image during per-epoch validation
+    best_metric: str = "val_top1"  # the epoch-row key (higher is better) that selects model_best.pth.tar
+    tensorboard: bool = True  # write TensorBoard scalars with the course tags
+    plots: bool = True  # redraw curves.png every epoch
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "val_batch_size": self.val_batch_size}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {value}")
+        if self.warmup < 0 or self.warmup > self.epochs:
+            raise ValueError(f"TrainConfig.warmup must be in [0, epochs={self.epochs}], got {self.warmup}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0 <= self.eta_min < self.lr:
+            raise ValueError(f"TrainConfig.eta_min must be in [0, lr={self.lr}), got {self.eta_min}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"TrainConfig.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.amp not in ("off", "bf16", "fp16"):
+            raise ValueError(f"TrainConfig.amp must be 'off', 'bf16' or 'fp16', got {self.amp!r}")
+        if self.clip_grad < 0 or self.workers < 0 or self.print_freq < 1:
+            raise ValueError(
+                f"TrainConfig needs clip_grad >= 0, workers >= 0, print_freq >= 1; got clip_grad={self.clip_grad}, "
+                f"workers={self.workers}, print_freq={self.print_freq}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# optimizer and schedule
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> Optimizer:
+    """SGD with momentum (CNNs, ResNet) or AdamW (ViT), as the course sets them up."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, eta_min: float) -> float:
+    """Learning rate after `step` optimizer steps: eta_min -> base_lr linearly, then a cosine back to eta_min."""
+    if step < warmup_steps:
+        return eta_min + (base_lr - eta_min) * step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return eta_min + 0.5 * (base_lr - eta_min) * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupCosineLR(LRScheduler):
+    """Per-iteration linear warmup then cosine annealing, in closed form (so a resume only needs the step count)."""
+
+    def __init__(
+        self, optimizer: Optimizer, warmup_steps: int, total_steps: int, eta_min: float = 1e-8, last_epoch: int = -1
+    ) -> None:
+        if not 0 <= warmup_steps <= total_steps or total_steps < 1:
+            raise ValueError(f"need 0 <= warmup_steps <= total_steps, >= 1; got {warmup_steps}, {total_steps}")
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.eta_min = eta_min
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        return self._get_closed_form_lr()
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return [
+            warmup_cosine_lr(self.last_epoch, base, self.warmup_steps, self.total_steps, self.eta_min)
+            for base in self.base_lrs
+        ]
+
+    def fast_forward(self, steps: int) -> None:
+        """Jump to `steps` completed iterations (for a course checkpoint, which carries no scheduler state)."""
+        self.last_epoch = steps
+        self._last_lr = self._get_closed_form_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr
+
+
+def build_scheduler(optimizer: Optimizer, cfg: TrainConfig, iters_per_epoch: int) -> WarmupCosineLR:
+    return WarmupCosineLR(optimizer, cfg.warmup * iters_per_epoch, cfg.epochs * iters_per_epoch, cfg.eta_min)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# distribution, seeding, loaders
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    """This process's rank and the world size (0 and 1 without an initialized process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size())
+    return DistInfo()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seed_epoch(cfg: TrainConfig, epoch: int, info: DistInfo, loader: DataLoader) -> None:
+    """Make epoch `epoch` depend on (seed, epoch, rank) only, so a resumed run replays it exactly."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    # workers draw their base seed from the global generator when the iterator starts, so this fixes them too
+    seed_everything(cfg.seed + 1009 * (epoch + 1) + info.rank)
+
+
+class ShardSampler(Sampler[int]):
+    """Indices rank, rank + world, ...: each sample evaluated exactly once over all ranks (no padding)."""
+
+    def __init__(self, length: int, info: DistInfo) -> None:
+        self.indices = range(info.rank, length, info.world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def make_train_loader(
+    dataset: Dataset, cfg: TrainConfig, *, info: DistInfo | None = None, pin_memory: bool = False
+) -> DataLoader:
+    """Shuffled, drop-last batches of batch_size / world_size per rank, one permutation of (seed, epoch) shared by all
+    ranks, so the ranks' batches together are the single-process batch."""
+    info = info or dist_info()
+    if cfg.batch_size % info.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split evenly over {info.world_size} ranks")
+    per_rank = cfg.batch_size // info.world_size
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(
+        dataset, per_rank, sampler=sampler, num_workers=cfg.workers, pin_memory=pin_memory, drop_last=True
+    )
+    if len(loader) == 0:
+        raise ValueError(
+            f"the training split has {len(dataset)} images (per rank {len(sampler)}), fewer than one batch of "  # type: ignore[arg-type]
+            f"{per_rank}: lower --batch-size"
+        )
+    return loader
+
+
+def make_eval_loader(
+    dataset: Dataset, batch_size: int = 100, *, workers: int = 0, info: DistInfo | None = None, pin_memory: bool = False
+) -> DataLoader:
+    """In-order batches of this rank's shard; every image counted once across ranks."""
+    info = info or dist_info()
+    sampler = ShardSampler(len(dataset), info)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# one epoch, one evaluation
+
+
+def topk_correct(logits: Tensor, target: Tensor, topk: Sequence[int] = (1, 5)) -> list[int]:
+    """How many rows have their target among the k highest logits, for each k (k is capped at the class count)."""
+    if logits.ndim != 2 or target.shape != logits.shape[:1]:
+        raise ValueError(f"logits must be (N, C) and target (N,); got {tuple(logits.shape)} and {tuple(target.shape)}")
+    maxk = min(max(topk), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices  # (N, maxk)
+    hits = pred.eq(target[:, None])  # (N, maxk)
+    return [int(hits[:, : min(k, maxk)].any(dim=1).sum()) for k in topk]
+
+
+class _Meter:
+    """Sums that are reduced across ranks once per epoch: loss·n, top-1 hits, top-5 hits, n."""
+
+    def __init__(self) -> None:
+        self.loss_sum = self.correct1 = self.correct5 = 0.0
+        self.count = 0
+
+    def update(self, loss: float, correct1: int, correct5: int, n: int) -> None:
+        self.loss_sum += loss * n
+        self.correct1 += correct1
+        self.correct5 += correct5
+        self.count += n
+
+    def reduced(self, info: DistInfo, device: torch.device) -> dict[str, float]:
+        sums = torch.tensor([self.loss_sum, self.correct1, self.correct5, self.count], dtype=torch.float64)
+        if info.world_size > 1:
+            sums = sums.to(device)
+            dist.all_reduce(sums)
+            sums = sums.cpu()
+        loss_sum, c1, c5, n = sums.tolist()
+        n = max(n, 1.0)
+        return {"loss": loss_sum / n, "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n}
+
+
+def _autocast(device: torch.device, amp: str) -> AbstractContextManager:
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
+    *,
+    epoch: int,
+    cfg: TrainConfig,
+    device: torch.device,
+    perturb: Perturb | None = None,
+    perturb_model: nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    on_log: Callable[[int, float, float], None] | None = None,
+    progress: bool = False,
+    last_good: Path | None = None,
+) -> dict[str, float]:
+    """One pass over `loader` (epoch is 0-based); returns train loss/top1/top5 reduced over ranks.
+
+    `model` may be the DDP/compiled wrapper; `perturb` gets `perturb_model` (the plain module) so that generating
+    adversarial examples never triggers DDP's gradient synchronisation. `on_log(step, loss, lr)` is called every
+    print_freq iterations (TensorBoard).
+    """
+    info = dist_info()
+    model.train()
+    meter = _Meter()
+    n_iters = len(loader)
+    end = time.perf_counter()
+    batches = _progress(loader, n_iters, f"epoch {epoch + 1}/{cfg.epochs}", progress and info.is_main)
+    for i, (images, target) in enumerate(batches):
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        if perturb is not None:
+            images = perturb(perturb_model or model, images, target).detach()
+        with _autocast(device, cfg.amp):
+            output = model(images)
+            loss = F.cross_entropy(output, target)
+        _stop_if_diverged(loss, epoch, i, n_iters, info, device, last_good)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if cfg.clip_grad > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+
+        loss_value = loss.item()
+        c1, c5 = topk_correct(output.detach().float(), target)
+        n = images.shape[0]
+        meter.update(loss_value, c1, c5, n)
+        batch_time = time.perf_counter() - end
+        end = time.perf_counter()
+        if i % cfg.print_freq == 0:
+            lr = scheduler.get_last_lr()[0]
+            log.info(
+                "Epoch: [%d][%d/%d]\tTime %.3f\tLoss %.2f (%.2f)\tAcc@1 %.2f (%.2f)\tAcc@5 %.2f (%.2f)",
+                epoch + 1,
+                i,
+                n_iters,
+                batch_time,
+                loss_value,
+                meter.loss_sum / meter.count,
+                100.0 * c1 / n,
+                100.0 * meter.correct1 / meter.count,
+                100.0 * c5 / n,
+                100.0 * meter.correct5 / meter.count,
+            )
+            if on_log is not None:
+                on_log(epoch * n_iters + i, loss_value, lr)
+    log.info("[Training]: Epoch %d finished with lr=%f", epoch + 1, scheduler.get_last_lr()[0])
+    return meter.reduced(info, device)
+
+
+def _stop_if_diverged(
+    loss: Tensor, epoch: int, i: int, n_iters: int, info: DistInfo, device: torch.device, last_good: Path | None
+) -> None:
+    bad = ~torch.isfinite(loss.detach())
+    if info.world_size > 1:  # every rank must stop together, or the others wait forever in all-reduce
+        flag = bad.to(device=device, dtype=torch.float32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        bad = flag > 0
+    if bool(bad):
+        kept = f"the last good checkpoint is {last_good}" if last_good else "no epoch completed, so no checkpoint"
+        raise TrainingDiverged(
+            f"loss is {loss.item()} at epoch {epoch + 1}, iteration {i}/{n_iters} (rank {info.rank}); stopped, {kept}"
+        )
+
+
+@torch.no_grad()
+def _forward_eval(model: nn.Module, images: Tensor, flip: bool, device: torch.device, amp: str) -> Tensor:
+    with _autocast(device, amp):
+        output = model(images).float()
+        if flip:  # the course's test-time augmentation: average with the mirrored image
+            output = 0.5 * (output + model(torch.flip(images, dims=(3,))).float())
+    return output
+
+
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    device: torch.device,
+    flip: bool = False,
+    amp: Literal["off", "bf16", "fp16"] = "off",
+    perturb: Perturb | None = None,
+    print_freq: int = 10,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) over every image of `loader`, summed across ranks.
+
+    `flip` averages the logits of each image and its horizontal flip (the course's `-e`); `perturb(model, x, y)`
+    evaluates on the images it returns instead (e.g. PGD adversarial examples), with gradients enabled for it only.
+    """
+    info = dist_info()
+    model.eval()
+    meter = _Meter()
+    n_iters = len(loader)
+    end = time.perf_counter()
+    for i, (images, target) in enumerate(_progress(loader, n_iters, "eval", progress and info.is_main)):
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        if perturb is not None:
+            with torch.enable_grad():
+                images = perturb(model, images, target).detach()
+        output = _forward_eval(model, images, flip, device, amp)
+        loss = F.cross_entropy(output, target).item()
+        c1, c5 = topk_correct(output, target)
+        meter.update(loss, c1, c5, images.shape[0])
+        if i % print_freq == 0:
+            log.info(
+                "Test: [%d/%d]\tTime %.3f\tAcc@1 %.2f (%.2f)\tAcc@5 %.2f (%.2f)",
+                i,
+                n_iters,
+                time.perf_counter() - end,
+                100.0 * c1 / images.shape[0],
+                100.0 * meter.correct1 / meter.count,
+                100.0 * c5 / images.shape[0],
+                100.0 * meter.correct5 / meter.count,
+            )
+        end = time.perf_counter()
+    result = meter.reduced(info, device)
+    log.info("******Acc@1 %.3f Acc@5 %.3f", result["top1"], result["top5"])
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves a half-written checkpoint."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(state: Mapping[str, Any], models_dir: Path, *, is_best: bool) -> Path:
+    """Write `checkpoint.pth.tar` (and `model_best.pth.tar` without the optimizer when `is_best`) atomically."""
+    missing = [k for k in COURSE_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint state lacks the course keys {missing}")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = models_dir / CHECKPOINT_NAME
+    _atomic_save(dict(state), path)
+    if is_best:
+        _atomic_save({k: v for k, v in state.items() if k != "optimizer"}, models_dir / BEST_NAME)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True` (ours or the course's); the state_dict loses DDP/compile prefixes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # unpickling errors have many types; the file is the culprit either way
+        raise CheckpointError(f"{path} is not a readable checkpoint: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} has no 'state_dict' (found {keys})")
+    ckpt["state_dict"] = clean_state_dict(ckpt["state_dict"])
+    return ckpt
+
+
+def clean_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop the `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def load_weights(model: nn.Module, ckpt: Mapping[str, Any], path: Path | str = "checkpoint") -> None:
+    """Load `ckpt["state_dict"]` strictly; a mismatch names the file and the differing keys."""
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        arch = ckpt.get("model_arch", "?")
+        raise CheckpointError(
+            f"{path} (model_arch={arch!r}) does not fit {type(model).__name__}: {str(exc)[:600]}"
+        ) from exc
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# run folder: config.json, metrics.csv, TensorBoard, curves.png
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak CUDA memory allocated since the last reset on CUDA, else this process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+class RunLog:
+    """What rank 0 writes into the run folder each epoch."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, *, start_epoch: int = 0) -> None:
+        self.run_dir = run_dir
+        self.cfg = cfg
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        self.metrics_path = run_dir / "metrics.csv"
+        self.rows = self._read_rows(start_epoch)
+        self.writer = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir))
+
+    def _read_rows(self, start_epoch: int) -> list[dict[str, float]]:
+        """Rows of earlier epochs (a resumed run); rows past the checkpoint, from a killed run, are dropped."""
+        if not self.metrics_path.is_file():
+            return []
+        with self.metrics_path.open(newline="") as fh:
+            rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+        rows = [r for r in rows if r.get("epoch", 0) <= start_epoch]
+        self._write_csv(rows)
+        return rows
+
+    def _write_csv(self, rows: list[dict[str, float]]) -> None:
+        if not rows:
+            self.metrics_path.unlink(missing_ok=True)
+            return
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        tmp = self.metrics_path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.metrics_path)
+
+    def step(self, step: int, loss: float, lr: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("data/training_loss", loss, step)
+            self.writer.add_scalar("data/learning_rate", lr, step)
+
+    def epoch(self, row: dict[str, float]) -> None:
+        self.rows.append(row)
+        self._write_csv(self.rows)
+        if self.writer is not None:
+            e = int(row["epoch"])
+            self.writer.add_scalars("data/top1_accuracy", {"train": row["train_top1"], "val": row["val_top1"]}, e)
+            self.writer.add_scalars("data/top5_accuracy", {"train": row["train_top5"], "val": row["val_top5"]}, e)
+            self.writer.flush()
+        if self.cfg.plots:
+            plot_curves(self.rows, self.run_dir / "curves.png")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_curves(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
+    """Loss, learning rate, and top-1/top-5 train vs val per epoch, as one PNG (no pyplot global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [r["epoch"] for r in rows]
+    fig = Figure(figsize=(13, 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_loss, ax_lr, ax_acc = fig.subplots(1, 3)
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", label="val")
+    ax_loss.set(title="cross-entropy loss", xlabel="epoch")
+    ax_lr.plot(epochs, [r["lr"] for r in rows], "o-")
+    ax_lr.set(title="learning rate (end of epoch)", xlabel="epoch")
+    for k, style in (("top1", "-"), ("top5", "--")):
+        for split in ("train", "val"):
+            ax_acc.plot(epochs, [r[f"{split}_{k}"] for r in rows], "o" + style, label=f"{split} {k}")
+    ax_acc.set(title="accuracy (%)", xlabel="epoch", ylim=(0, 100))
+    for ax in (ax_loss, ax_acc):
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def new_run_dir(out: Path, model_arch: str) -> Path:
+    """`<out>/<YYYYmmdd-HHMMSS>-<arch>` (no spaces or colons), with a numeric suffix if that name is taken."""
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{model_arch}".replace(" ", "_").replace(":", "-")
+    path, n = out / stem, 1
+    while path.exists():
+        n += 1
+        path = out / f"{stem}-{n}"
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch, as in metrics.csv
+    best_score: float = -math.inf  # best value of cfg.best_metric
+    start_epoch: int = 0  # epochs already done when fit began (a resume)
+    checkpoint: Path | None = None
+    best: Path | None = None
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    run_dir: Path | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    perturb: Perturb | None = None,
+    extra_evals: Sequence[ExtraEval] = (),
+    progress: bool = False,
+) -> FitResult:
+    """Train `model` for epochs [start, cfg.epochs), validating and checkpointing after each one.
+
+    `run_dir` receives config.json, metrics.csv, TensorBoard events, curves.png and models/ (rank 0 only; None writes
+    nothing). `resume` continues from a checkpoint (its epoch count, weights, optimizer, scheduler and best score).
+    The model must already be on `device`; under an initialized process group it is wrapped in DDP here.
+    """
+    info = dist_info()
+    optimizer = build_optimizer(model, cfg)
+    iters = len(train_loader)
+    scheduler = build_scheduler(optimizer, cfg, iters)
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"--amp fp16 needs a CUDA device, the device is {device}; use bf16 or no amp")
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+
+    result = FitResult()
+    if resume is not None:
+        result.start_epoch, result.best_score = _restore(Path(resume), model, optimizer, scheduler, scaler, iters)
+    models_dir = run_dir / "models" if run_dir is not None else None
+    runlog = RunLog(run_dir, cfg, start_epoch=result.start_epoch) if run_dir is not None and info.is_main else None
+    if runlog is not None:
+        result.history = list(runlog.rows)
+    if models_dir is not None and (models_dir / CHECKPOINT_NAME).exists() and result.start_epoch > 0:
+        result.checkpoint = models_dir / CHECKPOINT_NAME
+
+    net: nn.Module = torch.compile(model) if cfg.compile else model
+    if info.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    try:
+        for epoch in range(result.start_epoch, cfg.epochs):
+            _seed_epoch(cfg, epoch, info, train_loader)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            train = train_one_epoch(
+                net,
+                train_loader,
+                optimizer,
+                scheduler,
+                epoch=epoch,
+                cfg=cfg,
+                device=device,
+                perturb=perturb,
+                perturb_model=model,
+                scaler=scaler,
+                on_log=runlog.step if runlog is not None else None,
+                progress=progress,
+                last_good=result.checkpoint,
+            )
+            val = evaluate(model, val_loader, device=device, flip=cfg.val_flip, amp=cfg.amp, print_freq=cfg.print_freq)
+            row: dict[str, float] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+            row |= {f"train_{k}": v for k, v in train.items()} | {f"val_{k}": v for k, v in val.items()}
+            for extra in extra_evals:
+                row |= {k: float(v) for k, v in extra(model).items()}
+            row |= {"seconds": time.perf_counter() - start, "peak_mem_mib": peak_memory_mib(device)}
+            if cfg.best_metric not in row:
+                raise KeyError(f"TrainConfig.best_metric={cfg.best_metric!r} is not an epoch metric; have {list(row)}")
+            is_best = row[cfg.best_metric] > result.best_score
+            result.best_score = max(row[cfg.best_metric], result.best_score)
+            result.history.append(row)
+            if models_dir is not None and info.is_main:
+                state = {
+                    "epoch": epoch + 1,
+                    "model_arch": cfg.model_arch,
+                    "state_dict": model.state_dict(),
+                    "best_acc1": result.best_score,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best_metric": cfg.best_metric,
+                    "config": asdict(cfg),
+                }
+                if scaler is not None:
+                    state["scaler"] = scaler.state_dict()
+                result.checkpoint = save_checkpoint(state, models_dir, is_best=is_best)
+                if is_best:
+                    result.best = models_dir / BEST_NAME
+            if runlog is not None:
+                runlog.epoch(row)
+    finally:
+        if runlog is not None:
+            runlog.close()
+    if result.best is None and models_dir is not None and (models_dir / BEST_NAME).exists():
+        result.best = models_dir / BEST_NAME
+    return result
+
+
+def _restore(
+    path: Path,
+    model: nn.Module,
+    optimizer: Optimizer,
+    scheduler: WarmupCosineLR,
+    scaler: torch.amp.GradScaler | None,
+    iters_per_epoch: int,
+) -> tuple[int, float]:
+    """Load a checkpoint into the training state; returns (completed epochs, best score)."""
+    ckpt = load_checkpoint(path)
+    load_weights(model, ckpt, path)
+    if "optimizer" not in ckpt:
+        raise CheckpointError(f"{path} has no optimizer state (a model_best file?); resume from {CHECKPOINT_NAME}")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    epoch = int(ckpt.get("epoch", 0))
+    # the schedule is closed-form, so the step count is all it needs; a course checkpoint has no scheduler state, and
+    # a resume with a different --epochs keeps the new length instead of the saved one
+    sched_state = ckpt.get("scheduler") or {}
+    scheduler.fast_forward(int(sched_state.get("last_epoch", epoch * iters_per_epoch)))
+    if scaler is not None and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
+    best = float(ckpt.get("best_acc1", -math.inf))
+    log.info("=> loaded checkpoint '%s' (epoch %d, best %.3f)", path, epoch, best)
+    return epoch, best
