@@ -10,11 +10,11 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-# CI must be reproducible: derandomized, no deadline (torch's first calls are slow on 2 cores).
-settings.register_profile(
-    "ci", deadline=None, derandomize=True, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile("dev", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+# CI must be reproducible: derandomized, no deadline (torch's first calls are slow on 2 cores). The spec's
+# function-scoped fixtures (the subject's callables, seeding) hold no per-example state, so sharing them is safe.
+_QUIET = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True, suppress_health_check=_QUIET)
+settings.register_profile("dev", deadline=None, print_blob=True, suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 

@@ -31,7 +31,14 @@ def bench(session: nox.Session) -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     session.run(
-        "python", "-m", "pytest", "bench", "-m", "bench", f"--benchmark-json=reports/raw/{device}.json", *session.posargs
+        "python",
+        "-m",
+        "pytest",
+        "bench",
+        "-m",
+        "bench",
+        f"--benchmark-json=reports/raw/{device}.json",
+        *session.posargs,
     )
     session.run("python", "-m", "bench.report")
 

@@ -1,0 +1,328 @@
+"""2D convolution as an autograd Function with a hand-written backward (seed §3.1.1). Spec: spec/conv/.
+
+Two exact algorithms, chosen by one switch, `algorithm`:
+
+- ``"unfold"`` — the seed's: im2col with ``F.unfold``, one GEMM with the flattened weight; backward computes
+  Wᵀ·dY and folds it back (``F.fold``), and dW = Σ_n dY·colsᵀ. It saves the columns, K_h·K_w times the input.
+- ``"fast"`` (default of :class:`CustomConv2d`) — channels-last im2col as a strided view, batch chunks whose columns
+  stay under ``COLUMN_BUDGET_BYTES``, one large GEMM per chunk, and the *input* saved instead of the columns (they are
+  recomputed in backward). A 1×1 convolution needs no im2col at all. Memory stays near the native convolution's.
+
+No convolution function is used inside: only unfold/fold, strided views, matmul and elementwise ops.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd import Function
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+Algorithm = Literal["unfold", "fast"]
+ALGORITHMS: tuple[Algorithm, ...] = ("unfold", "fast")
+
+# Columns of one batch chunk in the fast path are kept under this size: large enough for an efficient GEMM,
+# small enough that the transient im2col buffer is a few percent of a training step's activations.
+COLUMN_BUDGET_BYTES = 16 * 2**20
+
+Pair = tuple[int, int]
+
+
+def _pair(value: Any, name: str, minimum: int) -> Pair:
+    """Validate an int-or-pair hyper-parameter (stride, padding) and return it as a pair."""
+    items = tuple(value) if isinstance(value, tuple | list) else (value, value)
+    if len(items) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(items) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return items[0], items[1]
+
+
+def _out_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def check_conv_args(input_feats: Any, weight: Any, bias: Any, stride: Any, padding: Any) -> tuple[Pair, Pair, Pair]:
+    """Raise a ValueError naming the shapes if the arguments do not describe a valid convolution.
+
+    Returns (stride, padding, output (H, W)).
+    """
+    if not isinstance(input_feats, Tensor) or input_feats.dim() != 4:
+        shape = tuple(input_feats.shape) if isinstance(input_feats, Tensor) else type(input_feats).__name__
+        raise ValueError(f"input must be a 4-D (N, C, H, W) tensor, got {shape}")
+    if not isinstance(weight, Tensor) or weight.dim() != 4:
+        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"weight must be a 4-D (C_out, C_in, K_h, K_w) tensor, got {shape}")
+    stride_hw = _pair(stride, "stride", 1)
+    pad_hw = _pair(padding, "padding", 0)
+    n, c, h, w = input_feats.shape
+    c_out, c_in, kh, kw = weight.shape
+    if c != c_in:
+        raise ValueError(
+            f"weight {tuple(weight.shape)} expects {c_in} input channels, input {tuple(input_feats.shape)} has {c}"
+        )
+    if kh > h + 2 * pad_hw[0] or kw > w + 2 * pad_hw[1]:
+        raise ValueError(
+            f"kernel {kh}x{kw} is larger than the padded input {h + 2 * pad_hw[0]}x{w + 2 * pad_hw[1]} "
+            f"(input {tuple(input_feats.shape)}, padding {pad_hw})"
+        )
+    if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (c_out,)):
+        shape = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+        raise ValueError(f"bias must have shape ({c_out},) to match weight {tuple(weight.shape)}, got {shape}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != input_feats.dtype or t.device != input_feats.device):
+            raise ValueError(f"{name} is {t.dtype} on {t.device}, input is {input_feats.dtype} on {input_feats.device}")
+    out_hw = (_out_size(h, kh, stride_hw[0], pad_hw[0]), _out_size(w, kw, stride_hw[1], pad_hw[1]))
+    return stride_hw, pad_hw, out_hw
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# "unfold": the seed's algorithm.
+
+
+def _unfold_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair):
+    n, c_out = x.shape[0], weight.shape[0]
+    cols = F.unfold(x, weight.shape[2:], padding=pad, stride=stride)  # (N, C·Kh·Kw, L)
+    out = x.new_empty(n, c_out, *out_hw)
+    # Written into a fresh tensor (not returned as a view of the GEMM), so in-place ops may follow.
+    torch.matmul(weight.reshape(c_out, -1), cols, out=out.view(n, c_out, -1))  # (N, C_out, L)
+    if bias is not None:
+        out += bias.view(1, c_out, 1, 1)
+    return out, cols
+
+
+def _unfold_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    weight, cols = ctx.saved_tensors
+    c_out = ctx.weight_shape[0]
+    dy = grad_out.reshape(grad_out.shape[0], c_out, -1)  # (N, C_out, L)
+    grad_input = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_cols = weight.reshape(c_out, -1).t().matmul(dy)  # (N, C·Kh·Kw, L)
+        grad_input = F.fold(grad_cols, ctx.input_shape[2:], ctx.weight_shape[2:], padding=ctx.pad, stride=ctx.stride)
+    if ctx.needs_input_grad[1]:
+        grad_weight = torch.bmm(dy, cols.transpose(1, 2)).sum(0).view(ctx.weight_shape)  # Σ_n dY·colsᵀ
+    return grad_input, grad_weight
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# "fast": channels-last strided im2col in batch chunks; the input is saved, the columns are recomputed.
+
+
+def _nhwc_padded(x: Tensor, pad: Pair) -> Tensor:
+    """(N, C, H, W) -> (N, H+2Ph, W+2Pw, C) contiguous; no copy when x is channels_last and unpadded."""
+    x = x.permute(0, 2, 3, 1)
+    if pad != (0, 0):
+        x = F.pad(x, (0, 0, pad[1], pad[1], pad[0], pad[0]))
+    return x.contiguous()
+
+
+def _columns(xp: Tensor, kernel: Pair, stride: Pair, out_hw: Pair) -> Tensor:
+    """im2col of a padded NHWC chunk: (n, Hp, Wp, C) -> (n·L, Kh·Kw·C), a view when the kernel is 1×1/stride 1."""
+    n, _, _, c = xp.shape
+    s_n, s_h, s_w, s_c = xp.stride()
+    view = xp.as_strided(
+        (n, *out_hw, *kernel, c), (s_n, s_h * stride[0], s_w * stride[1], s_h, s_w, s_c)
+    )  # (n, Ho, Wo, Kh, Kw, C)
+    return view.reshape(n * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * c)
+
+
+def _chunk(n: int, row_bytes: int) -> int:
+    """How many samples of the batch go into one GEMM so that their columns fit the budget."""
+    return max(1, min(n, COLUMN_BUDGET_BYTES // max(1, row_bytes)))
+
+
+def _weight_matrix(weight: Tensor) -> Tensor:
+    """(C_out, C, Kh, Kw) -> (C_out, Kh·Kw·C), the column order of the channels-last im2col."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def _fast_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair) -> Tensor:
+    n, c_out, kernel = x.shape[0], weight.shape[0], (weight.shape[2], weight.shape[3])
+    xp = _nhwc_padded(x, pad)
+    w_mat = _weight_matrix(weight)  # (C_out, Kh·Kw·C)
+    out = torch.empty((n, c_out, *out_hw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    out_rows = out.permute(0, 2, 3, 1).view(n * out_hw[0] * out_hw[1], c_out)  # (N·L, C_out), shares out's storage
+    rows = out_hw[0] * out_hw[1]
+    step = _chunk(n, rows * w_mat.shape[1] * x.element_size())
+    for i in range(0, n, step):
+        cols = _columns(xp[i : i + step], kernel, stride, out_hw)  # (n·L, Kh·Kw·C)
+        dst = out_rows[i * rows : (i + cols.shape[0] // rows) * rows]
+        if bias is None:
+            torch.mm(cols, w_mat.t(), out=dst)
+        else:
+            torch.addmm(bias, cols, w_mat.t(), out=dst)
+    return out
+
+
+def _fast_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    x, weight = ctx.saved_tensors
+    n, c, h, w = ctx.input_shape
+    c_out, _, kh, kw = ctx.weight_shape
+    (sh, sw), (ph, pw), (ho, wo) = ctx.stride, ctx.pad, ctx.out_hw
+    rows = ho * wo
+    dy = grad_out.permute(0, 2, 3, 1).reshape(n * rows, c_out)  # (N·L, C_out); no copy if grad is channels_last
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_input = grad_weight = None
+    if need_x:
+        w_mat = _weight_matrix(weight)
+        grad_xp = grad_out.new_zeros(n, h + 2 * ph, w + 2 * pw, c)  # padded, channels last
+    if need_w:
+        xp = _nhwc_padded(x, ctx.pad)
+        grad_w_mat = grad_out.new_zeros(c_out, kh * kw * c)
+    step = _chunk(n, rows * kh * kw * c * grad_out.element_size())
+    for i in range(0, n, step):
+        j = min(n, i + step)
+        dy_i = dy[i * rows : j * rows]
+        if need_w:
+            grad_w_mat.addmm_(dy_i.t(), _columns(xp[i:j], (kh, kw), ctx.stride, ctx.out_hw))  # Σ dYᵀ·cols
+        if need_x:
+            grad_cols = (dy_i @ w_mat).view(j - i, ho, wo, kh, kw, c)
+            for a in range(kh):  # col2im: each kernel tap adds its columns back at its strided offsets
+                for b in range(kw):
+                    grad_xp[i:j, a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw] += grad_cols[
+                        :, :, :, a, b
+                    ]
+    if need_x:
+        grad_input = grad_xp[:, ph : ph + h, pw : pw + w].permute(0, 3, 1, 2)
+        grad_input = grad_input.contiguous(memory_format=torch.channels_last)
+    if need_w:
+        grad_weight = grad_w_mat.view(c_out, kh, kw, c).permute(0, 3, 1, 2).contiguous()
+    return grad_input, grad_weight
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The autograd Functions.
+
+
+def _forward(
+    ctx: Any, algorithm: Algorithm, input_feats: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any
+) -> Tensor:
+    stride_hw, pad_hw, out_hw = check_conv_args(input_feats, weight, bias, stride, padding)
+    ctx.algorithm = algorithm
+    ctx.input_shape, ctx.weight_shape = tuple(input_feats.shape), tuple(weight.shape)
+    ctx.stride, ctx.pad, ctx.out_hw = stride_hw, pad_hw, out_hw
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if algorithm == "unfold":
+        out, cols = _unfold_forward(input_feats, weight, bias, stride_hw, pad_hw, out_hw)
+        ctx.save_for_backward(weight if need_x else None, cols if need_w else None)
+    else:
+        out = _fast_forward(input_feats, weight, bias, stride_hw, pad_hw, out_hw)
+        ctx.save_for_backward(input_feats if need_w else None, weight if need_x else None)
+    return out
+
+
+def _backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+    backward = _unfold_backward if ctx.algorithm == "unfold" else _fast_backward
+    grad_input, grad_weight = backward(ctx, grad_output)
+    grad_bias = grad_output.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
+    return grad_input, grad_weight, grad_bias, None, None
+
+
+class CustomConv2DFunction(Function):
+    """The course's Function: the seed's unfold + GEMM algorithm, course signature
+    ``forward(ctx, input_feats, weight, bias, stride=1, padding=0)``."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        input_feats: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: int | Pair = 1,
+        padding: int | Pair = 0,
+    ) -> Tensor:
+        return _forward(ctx, "unfold", input_feats, weight, bias, stride, padding)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        return _backward(ctx, grad_output)
+
+
+class FastConv2DFunction(Function):
+    """The fast algorithm behind the same signature (see the module docstring)."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        input_feats: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: int | Pair = 1,
+        padding: int | Pair = 0,
+    ) -> Tensor:
+        return _forward(ctx, "fast", input_feats, weight, bias, stride, padding)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        return _backward(ctx, grad_output)
+
+
+_FUNCTIONS: dict[str, type[Function]] = {"unfold": CustomConv2DFunction, "fast": FastConv2DFunction}
+
+
+def custom_conv2d(
+    input_feats: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Pair = 1,
+    padding: int | Pair = 0,
+    algorithm: Algorithm = "unfold",
+) -> Tensor:
+    """Functional form; ``algorithm`` is the one switch between the two exact implementations."""
+    if algorithm not in _FUNCTIONS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    return _FUNCTIONS[algorithm].apply(input_feats, weight, bias, stride, padding)
+
+
+class CustomConv2d(nn.Module):
+    """Drop-in for ``nn.Conv2d`` (same arguments, parameter shapes, init and state_dict keys) running
+    :func:`custom_conv2d`. ``algorithm="fast"`` by default; ``"unfold"`` is the seed's algorithm."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Pair,
+        stride: int | Pair = 1,
+        padding: int | Pair = 0,
+        dilation: int | Pair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        algorithm: Algorithm = "fast",
+    ) -> None:
+        super().__init__()
+        if _pair(dilation, "dilation", 1) != (1, 1):
+            raise NotImplementedError(f"CustomConv2d supports dilation=1 only, got dilation={dilation!r}")
+        if groups != 1:
+            raise NotImplementedError(f"CustomConv2d supports groups=1 only, got groups={groups!r}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride, self.padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+        self.dilation, self.groups, self.algorithm = (1, 1), 1, algorithm
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Conv2d's initialisation: Kaiming-uniform weight (a=√5), uniform bias in ±1/√fan_in."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input_feats: Tensor) -> Tensor:
+        return custom_conv2d(input_feats, self.weight, self.bias, self.stride, self.padding, self.algorithm)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, bias={self.bias is not None}, algorithm={self.algorithm!r}"
+        )

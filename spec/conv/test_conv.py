@@ -1,0 +1,226 @@
+"""Spec of §3.1.1: 2D convolution as an autograd Function, checked against torch's own convolution.
+
+Oracles: F.conv2d (forward), torch.nn.grad.conv2d_input / conv2d_weight (backward), torch.autograd.gradcheck in
+float64. Both algorithms (the seed's "unfold" and our "fast") are checked; for a foreign implementation only its
+CustomConv2DFunction is ("fast" is a miniplaces-lab extension).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+from spec.subject import need, ours_only
+
+ConvFn = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    n: int
+    c_in: int
+    c_out: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    stride: int
+    padding: int
+    bias: bool
+
+    def tensors(self, dtype: torch.dtype, requires_grad: tuple[bool, bool, bool] = (True, True, True)):
+        x = torch.randn(self.n, self.c_in, self.h, self.w, dtype=dtype, requires_grad=requires_grad[0])
+        w = torch.randn(self.c_out, self.c_in, self.kh, self.kw, dtype=dtype, requires_grad=requires_grad[1])
+        b = torch.randn(self.c_out, dtype=dtype, requires_grad=requires_grad[2]) if self.bias else None
+        return x, w, b
+
+
+@st.composite
+def conv_cases(draw: st.DrawFn, max_kernel: int = 7, square: bool = True) -> ConvCase:
+    """K 1–7, S 1–4, P 0–3, C 1–6, N 1–3, H ≠ W allowed, strides that need not divide, with or without bias."""
+    kh = draw(st.integers(1, max_kernel))
+    kw = kh if square else draw(st.integers(1, max_kernel))
+    padding = draw(st.integers(0, 3))
+    stride = draw(st.integers(1, 4))
+    h = draw(st.integers(max(1, kh - 2 * padding), kh + 6))
+    w = draw(st.integers(max(1, kw - 2 * padding), kw + 6))
+    return ConvCase(
+        n=draw(st.integers(1, 3)),
+        c_in=draw(st.integers(1, 6)),
+        c_out=draw(st.integers(1, 6)),
+        h=h,
+        w=w,
+        kh=kh,
+        kw=kw,
+        stride=stride,
+        padding=padding,
+        bias=draw(st.booleans()),
+    )
+
+
+@pytest.fixture(params=["unfold", "fast"])
+def conv_fn(request: pytest.FixtureRequest, subject: ModuleType) -> ConvFn:
+    """The subject's convolution as f(x, w, b, stride, padding), one per algorithm."""
+    if request.param == "unfold":
+        return need(subject, "CustomConv2DFunction").apply
+    custom_conv2d = need(subject, "custom_conv2d")
+    return lambda x, w, b, s, p: custom_conv2d(x, w, b, s, p, algorithm="fast")
+
+
+def _max_err(a: Tensor, b: Tensor) -> float:
+    return (a - b).abs().max().item() if a.numel() else 0.0
+
+
+@settings(max_examples=25)
+@given(case=conv_cases(), needs=st.tuples(st.booleans(), st.booleans(), st.booleans()))
+def test_gradcheck_float64(conv_fn: ConvFn, case: ConvCase, needs: tuple[bool, bool, bool]) -> None:
+    needs = (needs[0], needs[1], needs[2] and case.bias)
+    if not any(needs):
+        needs = (True, False, False)
+    x, w, b = case.tensors(torch.float64, needs)
+    inputs = tuple(t for t in (x, w, b) if t is not None)
+    assert torch.autograd.gradcheck(
+        lambda *args: conv_fn(args[0], args[1], args[2] if case.bias else None, case.stride, case.padding),
+        inputs,
+        eps=1e-6,
+        atol=1e-5,
+        fast_mode=True,  # checks random projections of the Jacobian: same power for a wrong formula, ~50x faster
+    ), case
+
+
+@settings(max_examples=30)
+@given(case=conv_cases(square=False))
+def test_forward_and_backward_match_torch_float64(conv_fn: ConvFn, case: ConvCase) -> None:
+    x, w, b = case.tensors(torch.float64)
+    y = conv_fn(x, w, b, case.stride, case.padding)
+    ref = F.conv2d(x, w, b, case.stride, case.padding)
+    assert y.shape == ref.shape, f"{case}: shape {tuple(y.shape)} != {tuple(ref.shape)}"
+    assert _max_err(y, ref) < 1e-10, f"{case}: forward max abs err {_max_err(y, ref):.3g}"
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], g)
+    gx = torch.nn.grad.conv2d_input(x.shape, w, g, case.stride, case.padding)
+    gw = torch.nn.grad.conv2d_weight(x, w.shape, g, case.stride, case.padding)
+    for name, got, want in (("input", grads[0], gx), ("weight", grads[1], gw)):
+        assert _max_err(got, want) < 1e-10, f"{case}: grad {name} max abs err {_max_err(got, want):.3g}"
+    if b is not None:
+        assert _max_err(grads[2], g.sum((0, 2, 3))) < 1e-10, f"{case}: grad bias"
+
+
+@settings(max_examples=10)
+@given(case=conv_cases())
+def test_float32_matches_torch_at_default_tolerance(conv_fn: ConvFn, case: ConvCase) -> None:
+    x, w, b = case.tensors(torch.float32)
+    y = conv_fn(x, w, b, case.stride, case.padding)
+    y_ref = F.conv2d(x, w, b, case.stride, case.padding)
+    torch.testing.assert_close(y, y_ref, msg=lambda m: f"{case}: {m}")
+    g = torch.randn_like(y_ref)
+    got = torch.autograd.grad(y, (x, w), g)
+    want = torch.autograd.grad(y_ref, (x, w), g)
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e, msg=lambda m: f"{case}: {m}")
+
+
+@pytest.mark.parametrize(
+    "needs", [(True, False, False), (False, True, False), (False, False, True), (True, True, False)]
+)
+def test_backward_returns_none_for_unneeded_gradients(conv_fn: ConvFn, needs: tuple[bool, bool, bool]) -> None:
+    case = ConvCase(2, 3, 4, 7, 6, 3, 3, 2, 1, True)
+    x, w, b = case.tensors(torch.float64, needs)
+    y = conv_fn(x, w, b, case.stride, case.padding)
+    grads = y.grad_fn.apply(torch.ones_like(y))
+    assert len(grads) == 5, f"backward must return 5 values (input, weight, bias, stride, padding), got {len(grads)}"
+    for name, needed, grad in zip(("input", "weight", "bias"), needs, grads, strict=False):
+        assert (grad is not None) == needed, f"grad {name}: needed={needed} but backward returned {type(grad)}"
+
+
+def test_unfold_saves_no_columns_when_weight_needs_no_gradient(subject: ModuleType) -> None:
+    """No work for unneeded gradients: the columns (K² × the input) are only kept for the weight gradient."""
+    ours_only(subject, "what the Function saves for backward")
+    fn = need(subject, "CustomConv2DFunction").apply
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    y = fn(x, torch.randn(8, 3, 5, 5), None, 1, 2)
+    saved = [t for t in y.grad_fn.saved_tensors if t is not None]
+    assert sum(t.numel() for t in saved) <= 8 * 3 * 5 * 5, [tuple(t.shape) for t in saved]
+
+
+@settings(max_examples=20)
+@given(case=conv_cases(square=False), channels_last=st.booleans())
+def test_fast_algorithm_equals_unfold_algorithm(subject: ModuleType, case: ConvCase, channels_last: bool) -> None:
+    custom_conv2d = need(subject, "custom_conv2d")
+    x, w, b = case.tensors(torch.float64)
+    if channels_last:
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    outs = {}
+    for algorithm in ("unfold", "fast"):
+        y = custom_conv2d(x, w, b, case.stride, case.padding, algorithm=algorithm)
+        grads = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+        outs[algorithm] = (y, *grads)
+    for name, a, e in zip(("output", "grad input", "grad weight"), outs["fast"], outs["unfold"], strict=True):
+        assert _max_err(a, e) < 1e-10, f"{case} channels_last={channels_last}: {name} differs by {_max_err(a, e):.3g}"
+
+
+def test_output_can_be_modified_in_place_by_relu(conv_fn: ConvFn) -> None:
+    """Returning a view from a custom Function breaks `nn.ReLU(inplace=True)` (a real student bug)."""
+    x, w, b = ConvCase(2, 3, 5, 9, 8, 3, 3, 1, 1, True).tensors(torch.float64)
+    y = nn.ReLU(inplace=True)(conv_fn(x, w, b, 1, 1))
+    y.sum().backward()
+    ref_x, ref_w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    F.relu(F.conv2d(ref_x, ref_w, b.detach(), 1, 1)).sum().backward()
+    assert _max_err(x.grad, ref_x.grad) < 1e-10 and _max_err(w.grad, ref_w.grad) < 1e-10
+
+
+BAD_INPUTS = {
+    "input not 4-D": (torch.randn(3, 8, 8), torch.randn(4, 3, 3, 3), 1, 0, r"4-D"),
+    "channel mismatch": (torch.randn(1, 2, 8, 8), torch.randn(4, 3, 3, 3), 1, 0, r"3 input channels.*has 2"),
+    "kernel larger than padded input": (torch.randn(1, 3, 4, 4), torch.randn(4, 3, 7, 7), 1, 1, r"larger than"),
+    "stride 0": (torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3), 0, 0, r"stride must be >= 1"),
+    "negative padding": (torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3), 1, -1, r"padding must be >= 0"),
+    "float stride": (torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3), 1.5, 0, r"stride must be an int"),
+    "float padding": (torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3), 1, 0.5, r"padding must be an int"),
+}
+
+
+@pytest.mark.parametrize("what", list(BAD_INPUTS))
+def test_bad_input_raises_value_error_naming_shapes(subject: ModuleType, conv_fn: ConvFn, what: str) -> None:
+    ours_only(subject, "input validation")
+    x, w, stride, padding, message = BAD_INPUTS[what]
+    with pytest.raises(ValueError, match=message):
+        conv_fn(x, w, None, stride, padding)
+
+
+def test_custom_conv2d_is_a_drop_in_for_nn_conv2d(subject: ModuleType) -> None:
+    CustomConv2d = need(subject, "CustomConv2d")
+    native = nn.Conv2d(5, 7, kernel_size=3, stride=2, padding=1)
+    custom = CustomConv2d(5, 7, kernel_size=3, stride=2, padding=1)
+    assert list(custom.state_dict()) == list(native.state_dict())
+    assert {k: v.shape for k, v in custom.state_dict().items()} == {k: v.shape for k, v in native.state_dict().items()}
+    custom.load_state_dict(native.state_dict())
+    x = torch.randn(3, 5, 11, 10)
+    torch.testing.assert_close(custom(x), native(x))
+
+
+def test_custom_conv2d_init_has_nn_conv2d_bounds(subject: ModuleType) -> None:
+    """nn.Conv2d draws weight and bias uniformly in ±1/√fan_in; a different init changes training curves."""
+    CustomConv2d = need(subject, "CustomConv2d")
+    m = CustomConv2d(16, 64, kernel_size=3)
+    bound = 1 / (16 * 9) ** 0.5
+    for name, p in (("weight", m.weight), ("bias", m.bias)):
+        assert p.abs().max() <= bound + 1e-7, f"{name} exceeds ±{bound:.4f}"
+        assert p.abs().max() > 0.9 * bound, f"{name} does not span ±{bound:.4f} (max {p.abs().max():.4f})"
+        assert abs(p.std().item() - bound / 3**0.5) < 0.1 * bound, f"{name} std {p.std():.4f} is not uniform's"
+
+
+@pytest.mark.parametrize("kwargs", [{"dilation": 2}, {"groups": 2}])
+def test_custom_conv2d_rejects_dilation_and_groups_clearly(subject: ModuleType, kwargs: dict[str, int]) -> None:
+    ours_only(subject, "dilation/groups rejection")
+    CustomConv2d = need(subject, "CustomConv2d")
+    with pytest.raises(NotImplementedError, match=next(iter(kwargs))):
+        CustomConv2d(4, 4, 3, **kwargs)
