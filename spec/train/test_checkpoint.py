@@ -1,0 +1,146 @@
+"""Checkpoints: course keys, atomic writes, weights_only loading, course compatibility, and exact resume."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from impl.train import (
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    COURSE_KEYS,
+    CheckpointError,
+    fit,
+    load_checkpoint,
+    make_eval_loader,
+    make_train_loader,
+    save_checkpoint,
+    warmup_cosine_lr,
+)
+from spec.train.conftest import NoisyDataset, quiet_config, tensor_dataset, tiny_net
+
+CPU = torch.device("cpu")
+
+
+def _run(cfg, run_dir=None, resume=None, train_set=None, model=None):
+    train_set = train_set if train_set is not None else NoisyDataset(tensor_dataset(64))
+    model = model or tiny_net()
+    val = make_eval_loader(tensor_dataset(64), 32)
+    result = fit(model, make_train_loader(train_set, cfg), val, cfg, device=CPU, run_dir=run_dir, resume=resume)
+    return model, result
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def test_checkpoints_carry_the_course_keys_and_best_has_no_optimizer(tmp_path):
+    model, _ = _run(quiet_config(epochs=1), run_dir=tmp_path)
+    ckpt = torch.load(tmp_path / "models" / CHECKPOINT_NAME, weights_only=True)
+    assert set(COURSE_KEYS) <= set(ckpt), f"missing {set(COURSE_KEYS) - set(ckpt)}"
+    assert (ckpt["epoch"], ckpt["model_arch"]) == (1, "tiny")
+    assert _max_diff(ckpt["state_dict"], model.state_dict()) == 0.0
+    best = torch.load(tmp_path / "models" / BEST_NAME, weights_only=True)
+    assert "optimizer" not in best and best["best_acc1"] == ckpt["best_acc1"]
+    assert not list((tmp_path / "models").glob("*.tmp")) and not list((tmp_path / "models").glob(".*")), "temp left"
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    state = {k: 0 for k in COURSE_KEYS} | {"state_dict": {"w": torch.ones(3)}, "epoch": 1}
+    save_checkpoint(state, tmp_path, is_best=False)
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(state | {"epoch": 2}, tmp_path, is_best=True)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME], "temporary file left behind"
+
+
+def test_loading_refuses_pickled_code_naming_the_file(tmp_path):
+    path = tmp_path / "evil.pth.tar"
+    torch.save({"state_dict": {}, "payload": pickle.loads}, path)  # a callable: not allowed by weights_only
+    with pytest.raises(CheckpointError, match="evil.pth.tar"):
+        load_checkpoint(path)
+    (tmp_path / "junk.pth.tar").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth.tar"):
+        load_checkpoint(tmp_path / "junk.pth.tar")
+    with pytest.raises(CheckpointError, match="missing.pth.tar"):
+        load_checkpoint(tmp_path / "missing.pth.tar")
+
+
+def test_a_course_checkpoint_resumes_with_its_weights_and_the_schedule_position(tmp_path):
+    """The course saves epoch/model_arch/state_dict/best_acc1/optimizer (no scheduler), from a DDP-free model."""
+    cfg = quiet_config(epochs=3)
+    trained = tiny_net(seed=7)
+    opt = torch.optim.SGD(trained.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    trained(torch.randn(4, 3, 8, 8)).sum().backward()
+    opt.step()
+    course = {"epoch": 1, "model_arch": "simplenet", "state_dict": trained.state_dict(), "best_acc1": 12.5,
+              "optimizer": opt.state_dict()}  # fmt: skip
+    torch.save(course, tmp_path / "course.pth.tar")
+    ddp_style = course | {"state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()}}
+    torch.save(ddp_style, tmp_path / "ddp.pth.tar")
+    assert _max_diff(load_checkpoint(tmp_path / "ddp.pth.tar")["state_dict"], trained.state_dict()) == 0.0
+
+    model = tiny_net(seed=0)
+    optimizer_seen = []
+    from impl import train as engine
+
+    real_epoch = engine.train_one_epoch
+
+    def spy(net, loader, optimizer, scheduler, **kw):
+        optimizer_seen.append((kw["epoch"], optimizer.param_groups[0]["lr"]))
+        return real_epoch(net, loader, optimizer, scheduler, **kw)
+
+    import unittest.mock as mock
+
+    with mock.patch.object(engine, "train_one_epoch", spy):
+        _, result = _run(cfg, resume=tmp_path / "course.pth.tar", model=model)
+    iters = 64 // cfg.batch_size
+    expected_lr = warmup_cosine_lr(1 * iters, cfg.lr, cfg.warmup * iters, cfg.epochs * iters, cfg.eta_min)
+    assert optimizer_seen[0] == (1, pytest.approx(expected_lr)), "resume must start epoch 2 at step 1*iters"
+    assert [r["epoch"] for r in result.history] == [2, 3] and result.start_epoch == 1
+
+
+def test_killed_mid_epoch_resumes_from_the_last_complete_checkpoint_bit_exactly(tmp_path):
+    """Two epochs straight vs. a run killed in the middle of epoch 2, resumed from checkpoint.pth.tar of epoch 1.
+
+    The training set adds random noise on every read (an augmentation) so the RNG streams must be restored too.
+    """
+    cfg = quiet_config(epochs=2)
+    straight, _ = _run(cfg, run_dir=tmp_path / "straight")
+
+    crashed_dir = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt, match="injected"):
+        _run(cfg, run_dir=crashed_dir, train_set=NoisyDataset(tensor_dataset(64), fail_at=64 + 40))
+    ckpt_path = crashed_dir / "models" / CHECKPOINT_NAME
+    assert load_checkpoint(ckpt_path)["epoch"] == 1, "the last complete epoch is 1"
+    resumed, result = _run(cfg, run_dir=crashed_dir, resume=ckpt_path, model=tiny_net(seed=123))
+    diff = _max_diff(straight.state_dict(), resumed.state_dict())
+    assert diff == 0.0, f"1 + crash + resume differs from 2 straight epochs by max abs {diff:.3e}"
+    assert [r["epoch"] for r in result.history] == [1, 2], "metrics.csv must hold each epoch once"
+    lines = (crashed_dir / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 3, f"metrics.csv: {lines}"
+
+
+def test_resume_from_model_best_is_refused_with_a_pointer_to_checkpoint(tmp_path):
+    _run(quiet_config(epochs=1), run_dir=tmp_path)
+    with pytest.raises(CheckpointError, match=f"no optimizer.*{CHECKPOINT_NAME}"):
+        _run(quiet_config(epochs=2), resume=tmp_path / "models" / BEST_NAME)
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_naming_the_file(tmp_path):
+    _run(quiet_config(epochs=1), run_dir=tmp_path)
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 5))
+    with pytest.raises(CheckpointError, match=r"checkpoint.pth.tar \(model_arch='tiny'\) does not fit"):
+        _run(quiet_config(epochs=2), resume=tmp_path / "models" / CHECKPOINT_NAME, model=other)
