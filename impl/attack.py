@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from impl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from impl.data import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
