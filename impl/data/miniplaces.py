@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +39,28 @@ def class_name(category: str) -> str:
     return _LETTER_PREFIX.sub("", category, count=1)
 
 
+def _records(path: Path, first_field: str) -> Iterator[tuple[int, str, str, int]]:
+    """(line number, line, first field, integer label) for each non-blank `<first_field> <label>` line of `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or re.fullmatch(r"[+-]?\d+", parts[1]) is None:
+            raise DataError(f"{path} line {lineno}: expected '<{first_field}> <integer label>', got {line!r}")
+        yield lineno, line, parts[0], int(parts[1])
+
+
 def read_categories(path: Path) -> list[str]:
     """Raw category names from `categories.txt` (`/a/abbey 0` per line), indexed by label; labels must be 0..N-1."""
     names: dict[int, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not _is_int(parts[1]):
-            raise DataError(f"{path} line {lineno}: expected '<name> <label>', got {line!r}")
-        label = int(parts[1])
+    for lineno, _, name, label in _records(path, "name"):
         if label in names:
-            raise DataError(f"{path} line {lineno}: label {label} listed twice ({names[label]!r} and {parts[0]!r})")
-        names[label] = parts[0]
+            raise DataError(f"{path} line {lineno}: label {label} listed twice ({names[label]!r} and {name!r})")
+        names[label] = name
     if not names:
         raise DataError(f"{path}: no categories")
     if sorted(names) != list(range(len(names))):
@@ -63,17 +72,11 @@ def read_categories(path: Path) -> list[str]:
 def read_split(path: Path, num_classes: int | None) -> list[tuple[str, int, int]]:
     """Parse a split file into (relative image path, label, line number); labels checked against [0, num_classes)."""
     entries: list[tuple[str, int, int]] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not _is_int(parts[1]):
-            raise DataError(f"{path} line {lineno}: expected '<image path> <integer label>', got {line!r}")
-        label = int(parts[1])
+    for lineno, line, image, label in _records(path, "image path"):
         if label < 0 or (num_classes is not None and label >= num_classes):
             bound = "is negative" if num_classes is None else f"outside [0, {num_classes})"
             raise DataError(f"{path} line {lineno}: label {label} {bound} in {line!r}")
-        entries.append((parts[0], label, lineno))
+        entries.append((image, label, lineno))
     if not entries:
         raise DataError(f"{path}: the split is empty (no '<image path> <label>' lines)")
     return entries
@@ -161,7 +164,3 @@ class MiniPlaces(Dataset):
 
     def __repr__(self) -> str:
         return f"MiniPlaces(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, classes={self.num_classes})"
-
-
-def _is_int(text: str) -> bool:
-    return re.fullmatch(r"[+-]?\d+", text) is not None

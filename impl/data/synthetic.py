@@ -217,7 +217,7 @@ def make_synthetic(
     if not 1 <= num_classes <= len(CLASSES):
         raise ValueError(f"num_classes must be in [1, {len(CLASSES)}] (one per synthetic scene), got {num_classes}")
     if train_per_class < 1 or val_per_class < 1:
-        raise ValueError(f"need at least one image per class, got train={train_per_class} val={val_per_class}")
+        raise ValueError(f"need one image per class or more, got {train_per_class=} {val_per_class=}")
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
     root = Path(root)
