@@ -1,0 +1,34 @@
+"""One SimpleNet SGD step with a chosen conv op, importable by a memory-probe subprocess."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import nn
+
+from impl.conv import CustomConv2d
+from impl.models import SimpleNet
+
+CONV_OPS: dict[str, Callable[..., nn.Module]] = {
+    "native": nn.Conv2d,
+    "unfold": partial(CustomConv2d, algorithm="unfold"),
+    "fast": CustomConv2d,  # CustomConv2d's default algorithm
+}
+
+
+def make_step(candidate: str, device: str, batch: int = 32, size: int = 128) -> Callable[[], None]:
+    """A closure running one forward/backward/SGD step of SimpleNet(CONV_OPS[candidate]) on fixed random data."""
+    torch.manual_seed(0)
+    model = SimpleNet(CONV_OPS[candidate], 100).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 100, (batch,), device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
