@@ -65,10 +65,11 @@ def render() -> list[Path]:
         if frame.empty:
             continue
         for table, part in frame.groupby("table", sort=True):
-            part = part.drop(columns=["table"]).dropna(axis=1, how="all")
-            sections[table].append(
-                f"## {path.stem}\n\n{machine_line(raw)}\n\n{part.to_markdown(index=False, floatfmt='.3g')}\n"
-            )
+            # The group is implied by the case; the baseline is the row whose ratio is 1.
+            part = part.drop(columns=["table", "group", "baseline"]).dropna(axis=1, how="all")
+            part = part.astype(object).where(part.notna(), None)  # blank cells, not "nan"
+            markdown = part.to_markdown(index=False, floatfmt=".3g", missingval="")
+            sections[table].append(f"## {path.stem}\n\n{machine_line(raw)}\n\n{markdown}\n")
     written = []
     for table, parts in sections.items():
         out = OUT / f"{table}.md"
