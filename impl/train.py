@@ -544,7 +544,7 @@ class RunLog:
         if not self.metrics_path.is_file():
             return []
         with self.metrics_path.open(newline="") as fh:
-            rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+            rows = [{k: _number(k, v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
         rows = [r for r in rows if r.get("epoch", 0) <= start_epoch]
         self._write_csv(rows)
         return rows
@@ -580,6 +580,10 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _number(key: str, text: str) -> float:
+    return int(float(text)) if key == "epoch" else float(text)
 
 
 def plot_curves(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
