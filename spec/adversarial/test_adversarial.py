@@ -1,0 +1,120 @@
+"""Adversarial training (§3.3.2): the perturbations, robust model selection, the catastrophic-overfitting guard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from impl.adversarial import AdvTrainConfig, CatastrophicOverfitting, CatastrophicOverfittingMonitor, make_perturb
+from impl.attack import pgd
+from impl.train import load_checkpoint
+from spec.attack.toys import TinyNet, quadrant_data, random_images, to_pixels
+
+
+@pytest.mark.parametrize(
+    ("cfg", "steps", "alpha"),
+    [
+        (AdvTrainConfig("pgd"), 3, 0.01),  # the seed: 3 steps, ε 8/255, α 0.01
+        (AdvTrainConfig("pgd", eps=4 / 255, steps=5, alpha=1 / 255), 5, 1 / 255),
+        (AdvTrainConfig("fgsm-rs"), 1, 1.25 * 8 / 255),  # Wong et al.: α = 1.25 ε
+    ],
+)
+def test_perturbation_is_pgd_with_a_random_start_at_the_configured_budget(cfg, steps, alpha):
+    model = TinyNet().eval()
+    images, labels = random_images(8, seed=0), torch.randint(0, 4, (8,))
+    torch.manual_seed(3)
+    ours = make_perturb(cfg)(model, images, labels)
+    torch.manual_seed(3)
+    ref = pgd(model, images, labels, eps=cfg.eps, alpha=alpha, steps=steps, random_start=True)
+    assert torch.equal(ours, ref), f"{cfg.method}: differs from pgd(steps={steps}, alpha={alpha:.4g}, random start)"
+    delta = (to_pixels(ours) - to_pixels(images)).abs().max().item()
+    assert 0 < delta <= cfg.eps + 1e-6, f"{cfg.method}: |δ|∞ = {delta:.4g} for ε = {cfg.eps:.4g}"
+
+
+def test_perturbation_leaves_the_training_state_alone():
+    model = TinyNet()  # train mode, as the engine calls it
+    images, labels = random_images(8, seed=1), torch.randint(0, 4, (8,))
+    F.cross_entropy(model(images), labels).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    make_perturb(AdvTrainConfig("pgd"))(model, images, labels)
+    assert all(m.training for m in model.modules()), "the perturbation left the model in eval mode"
+    assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters()), "parameter grads changed"
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers()), "BN statistics changed"
+
+
+def test_perturbation_under_bf16_autocast_stays_in_budget():
+    model = TinyNet().eval()
+    images, labels = random_images(8, seed=2), torch.randint(0, 4, (8,))
+    adv = make_perturb(AdvTrainConfig("pgd", amp="bf16"))(model, images, labels)
+    delta = (to_pixels(adv) - to_pixels(images)).abs().max().item()
+    assert adv.dtype == images.dtype and 0 < delta <= 8 / 255 + 1e-6, f"dtype {adv.dtype}, |δ|∞ {delta:.4g}"
+
+
+@pytest.mark.slow
+def test_pgd_training_raises_pgd_accuracy_over_natural_training(natural_run, pgd_run):
+    natural, robust = natural_run.history[-1], pgd_run.history[-1]
+    assert robust["val_pgd_top1"] >= natural["val_pgd_top1"] + 10, (
+        f"PGD accuracy: natural {natural['val_pgd_top1']:.1f}%, PGD-3 trained {robust['val_pgd_top1']:.1f}%"
+    )
+    assert robust["val_top1"] >= 90, f"PGD-3 training lost clean accuracy: {robust['val_top1']:.1f}%"
+    assert natural["val_pgd_top1"] < natural["val_top1"] - 30, "the attack is too weak to tell the models apart"
+
+
+@pytest.mark.slow
+def test_fgsm_rs_training_raises_pgd_accuracy_over_natural_training(natural_run, fgsm_rs_run):
+    natural, fast = natural_run.history[-1], fgsm_rs_run.history[-1]
+    assert fast["val_pgd_top1"] > natural["val_pgd_top1"], (
+        f"PGD accuracy: natural {natural['val_pgd_top1']:.1f}%, FGSM-RS trained {fast['val_pgd_top1']:.1f}%"
+    )
+    assert all("fixed_pgd_top1" in row for row in fgsm_rs_run.history), "the FGSM-RS run was not monitored"
+
+
+@pytest.mark.slow
+def test_every_epoch_reports_clean_and_pgd_accuracy_and_best_is_chosen_by_pgd(pgd_run):
+    rows = pgd_run.history
+    assert all({"val_top1", "val_pgd_top1", "val_pgd_top5"} <= set(r) for r in rows), f"row keys: {list(rows[0])}"
+    best_epoch = max(range(len(rows)), key=lambda i: rows[i]["val_pgd_top1"])
+    best = load_checkpoint(pgd_run.best)
+    assert best["epoch"] == best_epoch + 1 and best["best_acc1"] == pytest.approx(rows[best_epoch]["val_pgd_top1"]), (
+        f"model_best is epoch {best['epoch']} ({best['best_acc1']:.1f}), the best PGD accuracy is epoch "
+        f"{best_epoch + 1} ({rows[best_epoch]['val_pgd_top1']:.1f})"
+    )
+
+
+def test_monitor_stops_on_a_drop_of_more_than_co_drop_points():
+    images, labels = quadrant_data(4, seed=0)
+    monitor = CatastrophicOverfittingMonitor(images, labels, AdvTrainConfig("fgsm-rs", co_drop=20))
+    for acc in (30.0, 45.0, 26.0):  # 19 points below the best: still fine
+        monitor.update(acc)
+    with pytest.raises(CatastrophicOverfitting, match=r"45\.0% to 24\.0%"):
+        monitor.update(24.0)
+
+
+def test_monitor_measures_a_seeded_pgd_accuracy():
+    images, labels = quadrant_data(32, seed=0)
+    model = TinyNet().eval()
+    monitor = CatastrophicOverfittingMonitor(images, labels, AdvTrainConfig("fgsm-rs"))
+    first, second = monitor(model)["fixed_pgd_top1"], monitor(model)["fixed_pgd_top1"]
+    g = torch.Generator().manual_seed(0)
+    cfg = AdvTrainConfig("fgsm-rs")
+    adv = pgd(model, images, labels, eps=cfg.eps, alpha=cfg.eval_alpha, steps=cfg.eval_steps, generator=g)
+    with torch.no_grad():
+        expected = 100 * float((model(adv).argmax(1) == labels).float().mean())
+    assert first == second == pytest.approx(expected), f"monitor {first}, {second}; recomputed {expected}"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "trades"}, "method"),
+        ({"eps": 8.0}, "pixel units"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"steps": 0}, "steps"),
+        ({"co_drop": 0}, "co_drop"),
+    ],
+)
+def test_bad_config_raises_naming_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdvTrainConfig(**kwargs)
