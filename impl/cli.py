@@ -295,6 +295,8 @@ def run_train(args: argparse.Namespace) -> int:
     local_rank = _init_distributed("cuda" if _device_name(args).startswith("cuda") else "cpu")
     device = _resolve_device(args, local_rank)
     info = dist_info()
+    if not info.is_main:  # one copy of the course-format lines, from rank 0
+        logging.getLogger("impl").setLevel(logging.WARNING)
     try:
         ckpt = load_checkpoint(args.resume) if args.resume is not None else None
         model_arch = _model_name(args, ckpt)

@@ -144,3 +144,25 @@ def test_a_checkpoint_of_another_architecture_is_refused_naming_the_file(tmp_pat
     other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 5))
     with pytest.raises(CheckpointError, match=r"checkpoint.pth.tar \(model_arch='tiny'\) does not fit"):
         _run(quiet_config(epochs=2), resume=tmp_path / "models" / CHECKPOINT_NAME, model=other)
+
+
+def test_resume_is_bit_exact_with_augmenting_worker_processes(tmp_path):
+    """Workers draw their seeds from the epoch's RNG state, so a resumed epoch augments exactly as the straight one."""
+    cfg = quiet_config(epochs=2, workers=1)
+    straight, _ = _run(cfg)
+
+    calls = []
+
+    def stop_at_the_end_of_epoch_2(model):
+        calls.append(1)
+        if len(calls) == 2:  # after epoch 2 trained, before its checkpoint: as if killed there
+            raise KeyboardInterrupt("injected stop")
+        return {}
+
+    train, val = NoisyDataset(tensor_dataset(64)), make_eval_loader(tensor_dataset(64), 32)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_net(), make_train_loader(train, cfg), val, cfg, device=CPU, run_dir=tmp_path,
+            extra_evals=[stop_at_the_end_of_epoch_2])  # fmt: skip
+    resumed, _ = _run(cfg, resume=tmp_path / "models" / CHECKPOINT_NAME, model=tiny_net(seed=5))
+    diff = _max_diff(straight.state_dict(), resumed.state_dict())
+    assert diff == 0.0, f"1 + resume + 1 with a worker process differs from 2 straight epochs by {diff:.3e}"

@@ -156,3 +156,33 @@ def test_flip_evaluation_averages_logits_of_image_and_mirror():
 def test_too_small_training_split_is_a_clear_error():
     with pytest.raises(ValueError, match=r"10 images.*batch of 16"):
         make_train_loader(tensor_dataset(10), quiet_config(batch_size=16))
+
+
+def test_bf16_autocast_trains_on_cpu_and_fp16_is_refused_without_cuda():
+    data = tensor_dataset(32)
+    model = tiny_net()
+    result = _fit(model, data, quiet_config(epochs=1, amp="bf16"))
+    assert math.isfinite(result.history[0]["train_loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "autocast must leave the weights in float32"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        _fit(tiny_net(), data, quiet_config(epochs=1, amp="fp16"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
+def test_training_on_cuda_with_autocast_saves_a_checkpoint_that_loads_on_cpu(amp, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cuda = torch.device("cuda")
+    data = tensor_dataset(64)
+    cfg = quiet_config(epochs=2, amp=amp)
+    model = tiny_net().to(cuda)
+    result = fit(model, make_train_loader(data, cfg, pin_memory=True), make_eval_loader(data, 32), cfg,
+                 device=cuda, run_dir=tmp_path)  # fmt: skip
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+    assert result.history[-1]["peak_mem_mib"] > 0
+    ckpt = load_checkpoint(tmp_path / "models" / CHECKPOINT_NAME)  # map_location cpu
+    cpu_model = tiny_net()
+    cpu_model.load_state_dict(ckpt["state_dict"])
+    assert all(v.device.type == "cpu" for v in ckpt["state_dict"].values())
+    assert ("scaler" in ckpt) == (amp == "fp16")
