@@ -84,11 +84,11 @@ class SimpleViT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[-2:] != (self.img_size, self.img_size):
+        if self.pos_embed is not None and (x.ndim != 4 or x.shape[-2:] != (self.img_size, self.img_size)):
             raise ValueError(
                 f"SimpleViT was built for (B, C, {self.img_size}, {self.img_size}) images, got shape {tuple(x.shape)}"
             )
-        x = self.patch_embed(x)  # (B, H', W', C)
+        x = self.patch_embed(x)  # (B, H', W', C); any size without abs. positions
         if self.pos_embed is not None:
             x = x + self.pos_embed
         for block in self.blocks:

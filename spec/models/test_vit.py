@@ -151,6 +151,13 @@ def test_vit_rejects_images_of_another_size_naming_the_shape(subject):
         model(torch.randn(2, 3, 64, 64))
 
 
+def test_vit_without_absolute_positions_accepts_other_image_sizes(subject):
+    model = small_vit(subject, use_abs_pos=False).eval()
+    out = model(torch.randn(2, 3, 48, 40))  # a 6x5 token grid; the windowed block pads it to 6x6
+    assert out.shape == (2, 100), f"logits {tuple(out.shape)} for 48x40 images"
+    assert torch.isfinite(out).all(), "logits have NaN/inf"
+
+
 COURSE_LIKE = '''
 """A course-style student_code.py: manual attention only, ViTDet windows, nothing else of §3.2."""
 import torch
