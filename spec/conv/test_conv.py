@@ -71,6 +71,7 @@ def conv_fn(request: pytest.FixtureRequest, subject: ModuleType) -> ConvFn:
     """The subject's convolution as f(x, w, b, stride, padding), one per algorithm."""
     if request.param == "unfold":
         return need(subject, "CustomConv2DFunction").apply
+    ours_only(subject, 'the "fast" algorithm')
     custom_conv2d = need(subject, "custom_conv2d")
     return lambda x, w, b, s, p: custom_conv2d(x, w, b, s, p, algorithm="fast")
 
@@ -96,9 +97,7 @@ def test_gradcheck_float64(conv_fn: ConvFn, case: ConvCase, needs: tuple[bool, b
     ), case
 
 
-@settings(max_examples=30)
-@given(case=conv_cases(square=False))
-def test_forward_and_backward_match_torch_float64(conv_fn: ConvFn, case: ConvCase) -> None:
+def _check_against_torch(conv_fn: ConvFn, case: ConvCase) -> None:
     x, w, b = case.tensors(torch.float64)
     y = conv_fn(x, w, b, case.stride, case.padding)
     ref = F.conv2d(x, w, b, case.stride, case.padding)
@@ -112,6 +111,19 @@ def test_forward_and_backward_match_torch_float64(conv_fn: ConvFn, case: ConvCas
         assert _max_err(got, want) < 1e-10, f"{case}: grad {name} max abs err {_max_err(got, want):.3g}"
     if b is not None:
         assert _max_err(grads[2], g.sum((0, 2, 3))) < 1e-10, f"{case}: grad bias"
+
+
+@settings(max_examples=30)
+@given(case=conv_cases())
+def test_forward_and_backward_match_torch_float64(conv_fn: ConvFn, case: ConvCase) -> None:
+    _check_against_torch(conv_fn, case)
+
+
+@settings(max_examples=15)
+@given(case=conv_cases(square=False))
+def test_non_square_kernels_match_torch_float64(subject: ModuleType, conv_fn: ConvFn, case: ConvCase) -> None:
+    ours_only(subject, "non-square kernels (the course's are square)")
+    _check_against_torch(conv_fn, case)
 
 
 @settings(max_examples=10)
@@ -154,6 +166,7 @@ def test_unfold_saves_no_columns_when_weight_needs_no_gradient(subject: ModuleTy
 @settings(max_examples=20)
 @given(case=conv_cases(square=False), channels_last=st.booleans())
 def test_fast_algorithm_equals_unfold_algorithm(subject: ModuleType, case: ConvCase, channels_last: bool) -> None:
+    ours_only(subject, 'the "fast" algorithm')
     custom_conv2d = need(subject, "custom_conv2d")
     x, w, b = case.tensors(torch.float64)
     if channels_last:
