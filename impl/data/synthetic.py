@@ -218,6 +218,8 @@ def make_synthetic(
         raise ValueError(f"num_classes must be in [1, {len(CLASSES)}] (one per synthetic scene), got {num_classes}")
     if train_per_class < 1 or val_per_class < 1:
         raise ValueError(f"need one image per class or more, got {train_per_class=} {val_per_class=}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
     root = Path(root)

@@ -63,8 +63,8 @@ def test_rewriting_a_synthetic_folder_replaces_the_old_set(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"num_classes": 0}, {"num_classes": len(CLASSES) + 1}, {"train_per_class": 0}, {"image_size": 4}],
-    ids=["no-class", "too-many-classes", "no-train-image", "tiny"],
+    [{"num_classes": 0}, {"num_classes": len(CLASSES) + 1}, {"train_per_class": 0}, {"image_size": 4}, {"seed": -1}],
+    ids=["no-class", "too-many-classes", "no-train-image", "tiny", "negative-seed"],
 )
 def test_rejects_impossible_arguments(tmp_path: Path, kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
