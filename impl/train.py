@@ -590,6 +590,7 @@ def plot_curves(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
     """Loss, learning rate, and top-1/top-5 train vs val per epoch, as one PNG (no pyplot global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     fig = Figure(figsize=(13, 3.4), layout="constrained")
@@ -601,11 +602,13 @@ def plot_curves(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
     ax_lr.plot(epochs, [r["lr"] for r in rows], "o-")
     ax_lr.set(title="learning rate (end of epoch)", xlabel="epoch")
     for k, style in (("top1", "-"), ("top5", "--")):
-        for split in ("train", "val"):
-            ax_acc.plot(epochs, [r[f"{split}_{k}"] for r in rows], "o" + style, label=f"{split} {k}")
+        for split, color in (("train", "C0"), ("val", "C1")):
+            ax_acc.plot(epochs, [r[f"{split}_{k}"] for r in rows], "o" + style, color=color, label=f"{split} {k}")
     ax_acc.set(title="accuracy (%)", xlabel="epoch", ylim=(0, 100))
     for ax in (ax_loss, ax_acc):
         ax.legend(fontsize="small")
+    for ax in (ax_loss, ax_lr, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.savefig(path, dpi=90)
     return path
 
