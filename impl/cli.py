@@ -18,15 +18,19 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from impl.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
 MODELS = ("simplenet", "customnet", "customnet2", "resnet18", "vit")
 DEFAULT_SYNTH_ROOT = Path("data/miniplaces-synthetic")
+DEFAULT_OUT = Path("logs")
 
 
 class UsageError(Exception):
@@ -146,11 +150,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", default=2022, type=int, help="random seed (default: the course's 2022)")
     p.add_argument(
         "--out",
-        default=Path("logs"),
+        default=None,
         type=Path,
         metavar="DIR",
-        help="parent of the run folder <DIR>/<date-time>-<model>/ (default: logs; a --resume continues "
-        "in the checkpoint's run folder)",
+        help="parent of the run folder <DIR>/<date-time>-<model>/ (default: logs; without --out, a --resume "
+        "continues in the checkpoint's run folder)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run_train)
@@ -243,7 +247,7 @@ def _init_distributed(device_type: str) -> int | None:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _train_config(args: argparse.Namespace, model_arch: str) -> Any:
+def _train_config(args: argparse.Namespace, model_arch: str) -> TrainConfig:
     from impl.train import TrainConfig
 
     vit = model_arch == "vit"
@@ -272,9 +276,9 @@ def _run_dir_for(args: argparse.Namespace, model_arch: str) -> Path:
     """A resumed run continues in its own folder (`<run>/models/checkpoint.pth.tar` -> `<run>`), as the course does."""
     from impl.train import new_run_dir
 
-    if args.resume is not None and args.resume.resolve().parent.name == "models" and args.out == Path("logs"):
+    if args.resume is not None and args.resume.resolve().parent.name == "models" and args.out is None:
         return args.resume.resolve().parent.parent
-    return new_run_dir(args.out, model_arch)
+    return new_run_dir(args.out or DEFAULT_OUT, model_arch)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -498,7 +502,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-j", "--workers", type=int, default=2)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument("--seed", type=int, default=2022)
-    p.add_argument("--out", type=Path, default=Path("logs"), metavar="DIR", help="parent of the run folder")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help="parent of the run folder")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run_demo)
 
