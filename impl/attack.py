@@ -170,11 +170,18 @@ class PGDAttack:
         m, s = _channel_stats(input, self.mean, self.std, "PGDAttack.perturb")
         lo, hi = (0 - m) / s, (1 - m) / s  # (1, C, 1, 1): the valid normalized box
         clean = input.detach()
-        target = self.least_confident(model, clean)  # fixed from the clean input, not re-chosen each step
         output = clean.clone()
+        target: Tensor | None = None
+
+        def target_loss(logits: Tensor) -> Tensor:
+            nonlocal target
+            if target is None:  # the first step runs on the clean input: its logits fix the target for every step
+                target = logits.detach().argmin(dim=1)
+            return self.loss_fn(_upcast(logits), target)
+
         with eval_mode(model):
             for _ in range(self.num_steps):
-                grad = _input_grad(model, output, lambda logits: self.loss_fn(_upcast(logits), target))
+                grad = _input_grad(model, output, target_loss)
                 output = output - self.step_size * grad.sign()  # descend: make the target more likely
                 output = torch.min(torch.max(output, clean - self.epsilon), clean + self.epsilon)
                 output = torch.min(torch.max(output, lo), hi)
