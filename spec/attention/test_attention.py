@@ -13,7 +13,7 @@ from hypothesis import given
 from torch import nn
 
 from spec.attention.reference import SMALL, TINY, attention_reference, flag_of, grids, max_err
-from spec.subject import need
+from spec.subject import need, ours_only
 
 
 def _paths(attn: nn.Module) -> list[bool | None]:
@@ -125,11 +125,13 @@ def test_attention_without_qkv_bias_has_no_qkv_bias(subject):
 
 
 def test_dim_not_divisible_by_heads_raises_value_error_naming_both(subject):
+    ours_only(subject, "input validation")
     with pytest.raises(ValueError, match=r"10.*4|4.*10"):
         need(subject, "Attention")(10, num_heads=4)
 
 
 def test_attention_rejects_wrong_channel_count_naming_the_shape(subject):
+    ours_only(subject, "input validation")
     attn = need(subject, "Attention")(8, num_heads=2)
     with pytest.raises(ValueError, match=r"\(1, 2, 3, 6\)"):
         attn(torch.randn(1, 2, 3, 6))

@@ -21,7 +21,7 @@ from spec.attention.reference import (
     set_flag,
     zero_pad,
 )
-from spec.subject import need
+from spec.subject import need, ours_only
 
 
 def block_reference(block: torch.nn.Module, x: torch.Tensor, ws: int) -> torch.Tensor:
@@ -80,6 +80,7 @@ def test_block_manual_and_fused_attention_agree(subject):
 
 
 def test_block_keeps_window_size_and_rejects_negative_window(subject):
+    ours_only(subject, "input validation")
     Block = need(subject, "TransformerBlock")
     assert Block(8, 2, window_size=4).window_size == 4
     with pytest.raises(ValueError, match="window_size"):

@@ -31,7 +31,7 @@ from spec.attention.reference import (
     windowed,
     zero_pad,
 )
-from spec.subject import need
+from spec.subject import need, ours_only
 
 
 @st.composite
@@ -170,5 +170,6 @@ def test_window_size_one_makes_attention_return_proj_of_v(subject, g):
 
 
 def test_window_partition_rejects_non_positive_window_size(subject):
+    ours_only(subject, "input validation")
     with pytest.raises(ValueError, match="window_size"):
         need(subject, "window_partition")(torch.zeros(1, 4, 4, 2), 0)

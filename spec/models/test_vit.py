@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from spec.attention.reference import max_err, set_flag
-from spec.subject import load_subject, need
+from spec.subject import load_subject, need, ours_only
 
 
 def vit_parameter_count(img=128, patch=16, cin=3, dim=192, depth=4, mlp_ratio=4.0, classes=100, abs_pos=True) -> int:
@@ -141,11 +141,13 @@ def test_vit_manual_and_fused_attention_give_the_same_logits(subject):
 
 
 def test_vit_rejects_img_size_not_divisible_by_patch_size(subject):
+    ours_only(subject, "input validation")
     with pytest.raises(ValueError, match=r"130.*16|16.*130"):
         need(subject, "SimpleViT")(img_size=130, patch_size=16)
 
 
 def test_vit_rejects_images_of_another_size_naming_the_shape(subject):
+    ours_only(subject, "input validation")
     model = small_vit(subject)
     with pytest.raises(ValueError, match=r"\(2, 3, 64, 64\)"):
         model(torch.randn(2, 3, 64, 64))
