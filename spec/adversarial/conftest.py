@@ -6,6 +6,7 @@ of 15/255 leaves room for a robust classifier that natural training does not fin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from impl.adversarial import AdvTrainConfig, adversarial_training
 from impl.train import FitResult, TrainConfig, fit
-from spec.attack.toys import TinyNet, quadrant_data
+from spec.attack.toys import TinyNet, one_thread, quadrant_data
 
 EPS = 6 / 255
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
 
 
 def _run(method: str | None, run_dir: Path | None) -> FitResult:
@@ -32,10 +39,11 @@ def _run(method: str | None, run_dir: Path | None) -> FitResult:
     )  # fmt: skip
     torch.manual_seed(0)
     model = TinyNet()
-    return fit(
-        model, train_loader, val_loader, cfg, device=torch.device("cpu"), run_dir=run_dir,
-        perturb=hooks.perturb if method else None, extra_evals=hooks.extra_evals,
-    )  # fmt: skip
+    with one_thread():
+        return fit(
+            model, train_loader, val_loader, cfg, device=torch.device("cpu"), run_dir=run_dir,
+            perturb=hooks.perturb if method else None, extra_evals=hooks.extra_evals,
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

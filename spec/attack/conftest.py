@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import Tensor, nn
 
-from spec.attack.toys import TinyNet, quadrant_data, train_natural
+from spec.attack.toys import TinyNet, one_thread, quadrant_data, train_natural
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +23,8 @@ def trained() -> tuple[nn.Module, Tensor, Tensor]:
     images, labels = quadrant_data(512, seed=0, contrast=0.06)
     val_images, val_labels = quadrant_data(256, seed=1, contrast=0.06)
     torch.manual_seed(0)
-    model = train_natural(TinyNet(), images, labels, steps=100)
+    with one_thread():
+        model = train_natural(TinyNet(), images, labels, steps=100)
     for p in model.parameters():
         p.requires_grad_(True)
     return model, val_images, val_labels
