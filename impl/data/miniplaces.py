@@ -89,6 +89,8 @@ def decode_image_file(path: Path, where: str = "") -> torch.Tensor:
         data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found{suffix}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the image ({exc.strerror}){suffix}") from None
     if not data.startswith(_JPEG_MAGIC):
         raise DataError(f"{path}: not a JPEG file (starts with {data[:8]!r}){suffix}")
     try:

@@ -135,6 +135,14 @@ def test_missing_image_found_at_read_time_without_the_upfront_check(tmp_path: Pa
         ds[0]
 
 
+def test_image_path_that_is_a_folder_is_an_error(tmp_path: Path) -> None:
+    root = write_set(tmp_path, "train/a/alpha/1.jpg 0\n", images={})
+    (root / "images/train/a/alpha/1.jpg").mkdir(parents=True)
+    ds = MiniPlaces(root, "train", check_files=False)
+    with pytest.raises(DataError, match=r"1\.jpg: cannot read the image .*train\.txt line 1"):
+        ds[0]
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
