@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from impl.data import DataError, MiniPlaces, class_name
+from impl.data import DataError, MiniPlaces, class_name, val_transform
 from impl.data.synthetic import CLASSES
 from spec.data.conftest import SYNTH, jpeg_bytes, write_set
 
@@ -68,6 +69,17 @@ def test_transform_is_applied_to_the_image_only(synthetic_root: Path) -> None:
     assert seen == [(3, SYNTH["image_size"], SYNTH["image_size"])]
     assert image.dtype == torch.float32 and image.min() >= 0.0 and image.max() <= 1.0
     assert label == ds.samples[2][1]
+
+
+def test_batches_through_a_dataloader_with_worker_processes(synthetic_root: Path) -> None:
+    ds = MiniPlaces(synthetic_root, "val", transform=val_transform())
+    batches = list(DataLoader(ds, batch_size=5, num_workers=2))
+    images = torch.cat([x for x, _ in batches])
+    labels = torch.cat([y for _, y in batches])
+    assert images.shape == (len(ds), 3, 128, 128) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64 and labels.tolist() == ds.targets()
+    raw, _ = MiniPlaces(synthetic_root, "val")[3]
+    assert torch.equal(images[3], val_transform()(raw)), "a worker process transformed image 3 differently"
 
 
 def test_split_must_be_train_or_val(synthetic_root: Path) -> None:
