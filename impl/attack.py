@@ -102,9 +102,9 @@ def _check_budget(who: str, **values: float) -> None:
             raise ValueError(f"{who}: {name} must be a finite number >= 0, got {value!r}")
 
 
-def _check_steps(who: str, steps: int, least: int = 0) -> None:
+def _check_steps(who: str, steps: int, least: int = 0, what: str = "steps") -> None:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < least:
-        raise ValueError(f"{who}: the number of steps must be an integer >= {least}, got {steps!r}")
+        raise ValueError(f"{who}: the number of {what} must be an integer >= {least}, got {steps!r}")
 
 
 def _no_inference_mode(who: str) -> None:
@@ -117,7 +117,12 @@ def _input_grad(model: nn.Module, x: Tensor, loss_of_logits: Callable[[Tensor], 
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         loss = loss_of_logits(model(x))
-    (grad,) = torch.autograd.grad(loss, x)
+    grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
+    if grad is None:
+        raise RuntimeError(
+            f"the loss of {type(model).__name__} does not depend differentiably on its input (a detach or a "
+            "non-differentiable op on the way): gradient attacks cannot run on it"
+        )
     return grad
 
 
@@ -219,7 +224,7 @@ def pgd(
     who = "pgd"
     _no_inference_mode(who)
     _check_steps(who, steps)
-    _check_steps(who + " (restarts)", restarts, least=1)
+    _check_steps(who, restarts, least=1, what="restarts")
     _check_budget(who, eps=eps, alpha=alpha)
     m, s = _channel_stats(images, mean, std, who)
     _check_labels(images, labels, who)

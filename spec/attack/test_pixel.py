@@ -287,3 +287,16 @@ def test_bad_input_raises_naming_the_culprit(untrained, call, match):
 def test_inference_mode_raises_a_clear_error(untrained):
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         pgd(untrained, random_images(2, 0), torch.tensor([0, 1]))
+
+
+def test_a_model_without_input_gradients_raises_a_clear_error():
+    class Detached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = TinyNet().eval()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.net(x.detach())
+
+    with pytest.raises(RuntimeError, match="does not depend differentiably on its input"):
+        pgd(Detached(), random_images(2, 0), torch.tensor([0, 1]))
