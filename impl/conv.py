@@ -141,6 +141,139 @@ def _weight_matrix(weight: Tensor) -> Tensor:
 
 
 def _fast_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair) -> Tensor:
+    if stride == (1, 1):
+        return _shift_forward(x, weight, bias, pad, out_hw)
+    return _im2col_forward(x, weight, bias, stride, pad, out_hw)
+
+
+def _fast_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    if ctx.stride == (1, 1):
+        return _shift_backward(ctx, grad_out)
+    return _im2col_backward(ctx, grad_out)
+
+
+# Stride 1: the kernel taps as shifted row blocks of the padded input.
+#
+# Flatten the padded NHWC input to rows r = (n·Hp + h)·Wp + w. Tap (a, b) of output row r reads input row
+# r + a·Wp + b, so one tap is one GEMM of a contiguous row slice (no im2col copy at all) with the (C, C_out) slice
+# of the weight, and the K² taps accumulate into an output computed on the padded (N, Hp, Wp) grid. Rows outside the
+# Ho×Wo window of each sample are junk (never read); rows r < m = T - offset of the last tap hold every valid output.
+
+
+def _channels_last_empty(like: Tensor, shape: tuple[int, int, int, int]) -> Tensor:
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
+
+
+def _taps(kernel: Pair, wp: int) -> list[tuple[int, int, int]]:
+    """(a, b, row offset a·Wp + b) of every kernel tap."""
+    return [(a, b, a * wp + b) for a in range(kernel[0]) for b in range(kernel[1])]
+
+
+def _valid_rows(grid: Tensor, out_hw: Pair) -> Tensor:
+    """(N, Hp, Wp, C) grid -> its (N, Ho, Wo, C) window of valid outputs (a view)."""
+    return grid[:, : out_hw[0], : out_hw[1]]
+
+
+def _shift_forward(x: Tensor, weight: Tensor, bias: Tensor | None, pad: Pair, out_hw: Pair) -> Tensor:
+    c_out, kernel = weight.shape[0], (weight.shape[2], weight.shape[3])
+    xp = _nhwc_padded(x, pad)  # (N, Hp, Wp, C)
+    n, hp, wp, c = xp.shape
+    x_rows = xp.view(-1, c)  # (T, C)
+    w_taps = weight.permute(2, 3, 1, 0).contiguous()  # (Kh, Kw, C, C_out)
+    taps = _taps(kernel, wp)
+    m = x_rows.shape[0] - taps[-1][2]
+    grid_nchw = _channels_last_empty(x, (n, c_out, hp, wp))
+    grid = grid_nchw.permute(0, 2, 3, 1)  # (N, Hp, Wp, C_out), contiguous
+    y_rows = grid.view(-1, c_out)[:m]  # (m, C_out)
+    for i, (a, b, off) in enumerate(taps):
+        if i > 0:
+            y_rows.addmm_(x_rows[off : off + m], w_taps[a, b])
+        elif bias is None:
+            torch.mm(x_rows[:m], w_taps[a, b], out=y_rows)
+        else:
+            torch.addmm(bias, x_rows[:m], w_taps[a, b], out=y_rows)
+    if (hp, wp) == out_hw:  # 1×1, no padding: the grid is the output
+        return grid_nchw
+    out = _channels_last_empty(x, (n, c_out, *out_hw))
+    out.permute(0, 2, 3, 1).copy_(_valid_rows(grid, out_hw))
+    return out
+
+
+def _grad_grid(grad_out: Tensor, grid_hw: Pair) -> Tensor:
+    """dY (N, C_out, Ho, Wo) placed on an (N, Hg, Wg, C_out) grid with Hg >= Ho, Wg >= Wo, zero elsewhere."""
+    n, c_out, ho, wo = grad_out.shape
+    dy_nhwc = grad_out.permute(0, 2, 3, 1)
+    if (ho, wo) == grid_hw:
+        return dy_nhwc.contiguous()  # no copy when dY is channels_last
+    grid = grad_out.new_empty(n, *grid_hw, c_out)
+    grid[:, ho:].zero_()
+    grid[:, :ho, wo:].zero_()
+    _valid_rows(grid, (ho, wo)).copy_(dy_nhwc)
+    return grid
+
+
+def _shift_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    x, weight = ctx.saved_tensors
+    grad_input = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_input = _shift_grad_input(grad_out, weight, ctx.pad, ctx.input_shape)
+    if ctx.needs_input_grad[1]:
+        grad_weight = _shift_grad_weight(x, grad_out, ctx.weight_shape[2:], ctx.pad)
+    return grad_input, grad_weight
+
+
+def _shift_grad_weight(x: Tensor, grad_out: Tensor, kernel: Pair, pad: Pair) -> Tensor:
+    """dW = Σ dYᵀ·X over the taps, Kw taps at a time: the input widened along the kernel's width (Kw·C columns,
+    batch chunks under COLUMN_BUDGET_BYTES) makes Kh GEMMs with Kw·C outputs, faster than K² with C outputs."""
+    (kh, kw), wo = kernel, grad_out.shape[3]
+    xp = _nhwc_padded(x, pad)  # (N, Hp, Wp, C)
+    n, hp, _, c = xp.shape
+    dy = _grad_grid(grad_out, (hp, wo))  # (N, Hp, Wo, C_out), zero below row Ho
+    grad_rows = dy.new_zeros(kh, dy.shape[-1], kw * c)  # (Kh, C_out, Kw·C)
+    step = _chunk(n, hp * wo * kw * c * x.element_size())
+    for i in range(0, n, step):
+        x_wide = _widened(xp[i : i + step], kw, wo)  # (n·Hp·Wo, Kw·C)
+        dy_rows = dy[i : i + step].reshape(-1, dy.shape[-1])  # (n·Hp·Wo, C_out)
+        m = dy_rows.shape[0] - (kh - 1) * wo
+        for a in range(kh):  # row a of the kernel reads the widened input a rows further down
+            grad_rows[a].addmm_(dy_rows[:m].t(), x_wide[a * wo : a * wo + m])
+    return grad_rows.view(kh, -1, kw, c).permute(1, 3, 0, 2).contiguous()  # (C_out, C, Kh, Kw)
+
+
+def _widened(xp: Tensor, kw: int, wo: int) -> Tensor:
+    """(n, Hp, Wp, C) -> (n·Hp·Wo, Kw·C): row (h, w) holds input columns w .. w+Kw-1; a view when Kw = 1, Wo = Wp."""
+    n, hp, _, c = xp.shape
+    s_n, s_h, s_w, s_c = xp.stride()
+    return xp.as_strided((n, hp, wo, kw, c), (s_n, s_h, s_w, s_w, s_c)).reshape(-1, kw * c)
+
+
+def _shift_grad_input(grad_out: Tensor, weight: Tensor, pad: Pair, input_shape: tuple[int, ...]) -> Tensor:
+    """The adjoint of the forward: tap (a, b) adds dY·W_ab back at input rows r + off; then the padding is cut."""
+    n, c, h, w = input_shape
+    c_out, _, kh, kw = weight.shape
+    hp, wp = h + 2 * pad[0], w + 2 * pad[1]
+    taps = _taps((kh, kw), wp)
+    dy_rows = _grad_grid(grad_out, (hp, wp)).view(-1, c_out)  # (T, C_out)
+    m = dy_rows.shape[0] - taps[-1][2]
+    dy_rows = dy_rows[:m]  # (m, C_out): the rows every tap reads
+    grid_nchw = _channels_last_empty(dy_rows, (n, c, hp, wp))
+    grid = grid_nchw.permute(0, 2, 3, 1)  # (N, Hp, Wp, C), contiguous
+    gx_rows = grid.view(-1, c)  # (T, C)
+    w_taps = weight.permute(2, 3, 0, 1).contiguous()  # (Kh, Kw, C_out, C)
+    torch.mm(dy_rows, w_taps[0, 0], out=gx_rows[:m])  # the first tap (offset 0) covers rows [0, m)
+    gx_rows[m:].zero_()
+    for a, b, off in taps[1:]:
+        gx_rows[off : off + m].addmm_(dy_rows, w_taps[a, b])
+    if pad == (0, 0):
+        return grid_nchw
+    cropped = grid[:, pad[0] : pad[0] + h, pad[1] : pad[1] + w].permute(0, 3, 1, 2)
+    return cropped.contiguous(memory_format=torch.channels_last)
+
+
+# Stride > 1: channels-last im2col as a strided view, in batch chunks whose columns stay under COLUMN_BUDGET_BYTES.
+
+
+def _im2col_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair) -> Tensor:
     n, c_out, kernel = x.shape[0], weight.shape[0], (weight.shape[2], weight.shape[3])
     xp = _nhwc_padded(x, pad)
     w_mat = _weight_matrix(weight)  # (C_out, Kh·Kw·C)
@@ -158,7 +291,7 @@ def _fast_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, 
     return out
 
 
-def _fast_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
+def _im2col_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
     x, weight = ctx.saved_tensors
     n, c, h, w = ctx.input_shape
     c_out, _, kh, kw = ctx.weight_shape
