@@ -6,7 +6,12 @@ never per session. Arguments after `--` reach the underlying command.
 
 from __future__ import annotations
 
+import sys
+
 import nox
+
+# "python" on PATH may be another interpreter: run the one nox itself runs in (.venv's).
+PYTHON = sys.executable
 
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["verify"]
@@ -15,13 +20,13 @@ nox.options.sessions = ["verify"]
 @nox.session
 def verify(session: nox.Session) -> None:
     """The spec tree against `impl` (or `-- --impl path/to/student_code.py`)."""
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run(PYTHON, "-m", "pytest", *session.posargs)
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
     """The main job: synthetic data, a short SimpleNet training, evaluation and a report (`-- --data DIR` for real)."""
-    session.run("python", "-m", "impl", "demo", *session.posargs)
+    session.run(PYTHON, "-m", "impl", "demo", *session.posargs)
 
 
 @nox.session
@@ -31,7 +36,7 @@ def bench(session: nox.Session) -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     session.run(
-        "python",
+        PYTHON,
         "-m",
         "pytest",
         "bench",
@@ -40,11 +45,11 @@ def bench(session: nox.Session) -> None:
         f"--benchmark-json=reports/raw/{device}.json",
         *session.posargs,
     )
-    session.run("python", "-m", "bench.report")
+    session.run(PYTHON, "-m", "bench.report")
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the whole tree."""
-    session.run("ruff", "check", ".", *session.posargs)
-    session.run("ruff", "format", "--check", ".")
+    session.run(PYTHON, "-m", "ruff", "check", ".", *session.posargs)
+    session.run(PYTHON, "-m", "ruff", "format", "--check", ".")
