@@ -27,6 +27,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from impl.adversarial import AdversarialTraining
+    from impl.attack import Mode, RobustnessReport
     from impl.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -557,7 +558,7 @@ def robustness_report(
     device: torch.device,
     run_dir: Path,
     *,
-    mode: str = "course",
+    mode: Mode = "course",
     eps: float | None = None,
     alpha: float | None = None,
     steps: int = 10,
@@ -567,7 +568,8 @@ def robustness_report(
     vis: bool = False,
     amp: str = "off",
     progress: bool = False,
-) -> tuple[Any, str]:
+    class_names: Sequence[str] | None = None,
+) -> tuple[RobustnessReport, str]:
     """Evaluate, draw the first batch's figures, write `<run_dir>/attack.md`; returns (report, main attack's name)."""
     from contextlib import nullcontext
 
@@ -575,11 +577,11 @@ def robustness_report(
     from impl.viz import log_image_grids, save_attack_figures
 
     try:
-        main_spec = default_specs(mode, eps, steps, alpha)[0]  # type: ignore[arg-type]
-        specs = sweep_specs(mode, eps, steps, alpha) if sweep else default_specs(mode, eps, steps, alpha)  # type: ignore[arg-type]
+        main_spec = default_specs(mode, eps, steps, alpha)[0]
+        specs = sweep_specs(mode, eps, steps, alpha) if sweep else default_specs(mode, eps, steps, alpha)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    classes = getattr(getattr(val_loader, "dataset", None), "classes", None)
+    classes = class_names or getattr(getattr(val_loader, "dataset", None), "classes", None)
     written: list[Path] = []
 
     def on_batch(i: int, images: torch.Tensor, labels: torch.Tensor, adversarial: dict[str, torch.Tensor]) -> None:
@@ -694,9 +696,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--attack-images",
         type=int,
-        default=100,
+        default=64,
         metavar="N",
-        help="val images attacked (course-mode PGD-10) for the report's robustness section; 0 skips it (default: 100)",
+        help="val images attacked (course-mode PGD-10) for the report's robustness section; 0 skips it (default: 64)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run_demo)
@@ -776,9 +778,8 @@ def _demo_attack_section(
     from impl.train import make_eval_loader
 
     subset = Subset(val_set, range(min(n, len(val_set))))
-    subset.classes = val_set.classes  # type: ignore[attr-defined]  # the figures' class names
-    loader = make_eval_loader(subset, 100, workers=workers)
-    result, main = robustness_report(model, loader, device, run_dir, figures=2)
+    loader = make_eval_loader(subset, 64, workers=workers)
+    result, main = robustness_report(model, loader, device, run_dir, figures=2, class_names=val_set.classes)
     section = [
         "",
         f"## Robustness: course-mode PGD on {result.n} val images",

@@ -93,18 +93,18 @@ def attack_figure(
     delta = x_adv - x  # pixel units
     amplified = (0.5 + amplify * delta).clamp(0, 1)
     heat = delta.abs().amax(dim=0) * 255  # (H, W) in pixel levels
-    fig = Figure(figsize=(12, 3.4), layout="constrained")
+    fig = Figure(figsize=(12, 3.8), layout="constrained")
     axes = fig.subplots(1, 4)
     panels = [
-        (x, f"original\ntrue: {true_name} · predicted: {clean_name}"),
-        (x_adv, f"adversarial\npredicted: {adv_name}"),
-        (amplified, f"perturbation ×{amplify:g}\n(mid-grey = 0)"),
+        (x, f"original\ntrue: {true_name}\npredicted: {clean_name}"),
+        (x_adv, f"adversarial\n\npredicted: {adv_name}"),
+        (amplified, f"perturbation ×{amplify:g}\n\n(mid-grey = 0)"),
     ]
     for ax, (img, title) in zip(axes, panels, strict=False):
         ax.imshow(img.permute(1, 2, 0).numpy())
         ax.set_title(title, fontsize=9)
     im = axes[3].imshow(heat.numpy(), cmap="inferno", vmin=0)
-    axes[3].set_title(f"|δ|∞ per pixel (max {heat.max():.1f}/255)", fontsize=9)
+    axes[3].set_title(f"|δ| per pixel (max over RGB)\n\nmax {heat.max():.1f}/255", fontsize=9)
     fig.colorbar(im, ax=axes[3], fraction=0.046, pad=0.04, label="pixel levels")
     for ax in axes:
         ax.set_xticks([])
