@@ -246,10 +246,12 @@ def _grad_grid(grad_out: Tensor, grid_hw: Pair) -> Tensor:
 
 def _shift_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
     x, weight = ctx.saved_tensors
+    grad_input = grad_weight = None
+    if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+        return grad_input, grad_weight
     _, _, h, w = ctx.input_shape
     grid_hw = (h + 2 * ctx.pad[0], w + 2 * ctx.pad[1])
     dy = _grad_grid(grad_out, grid_hw)  # (N, Hp, Wp, C_out): the forward's grid, zero on its junk rows
-    grad_input = grad_weight = None
     if ctx.needs_input_grad[0]:
         grad_input = _shift_grad_input(dy, weight, ctx.pad, (h, w))
     if ctx.needs_input_grad[1]:
