@@ -19,26 +19,28 @@ Two exact algorithms, chosen by one switch, `algorithm`:
     ``COLUMN_BUDGET_BYTES``, one GEMM per chunk, recomputed in backward (col2im only when the input needs a grad).
 
   Measured on a shared 2-thread AMD EPYC (torch 2.14.1, MKL GEMMs), batch 32 at 128×128, fast / native
-  fwd+bwd time, interleaved 7×, medians (before: the im2col + col2im version this replaced):
+  fwd+bwd time, interleaved 7× in one process, medians, two runs (before: the im2col + col2im version this replaced):
 
-  =====================  ======  =====
-  layer                  before  after
-  =====================  ======  =====
-  3→64 7×7/2 @128        2.87×   2.65×
-  64→64 1×1 @32          1.59×   1.36×  (bench input is NCHW: two layout copies a channels-last net skips)
-  64→64 3×3 @32          2.88×   1.74×
-  64→256 1×1 @32         0.79×   0.94×
-  256→128 1×1 @16        0.75×   0.83×
-  128→128 3×3 @16        1.90×   1.80×
-  128→512 1×1 @16        0.95×   0.90×
-  SimpleNet SGD step     1.27×   1.09×
-  =====================  ======  =====
+  =====================  ===========  ===========
+  layer                  before       after
+  =====================  ===========  ===========
+  3→64 7×7/2 @128        2.08–2.87×   1.79–2.65×
+  64→64 1×1 @32          1.09–1.59×   0.95–1.36×
+  64→64 3×3 @32          2.88–3.59×   1.73–1.74×
+  64→256 1×1 @32         0.74–0.79×   0.70–0.94×
+  256→128 1×1 @16        0.69–0.75×   0.64–0.83×
+  128→128 3×3 @16        1.90–2.54×   1.80–2.00×
+  128→512 1×1 @16        0.89–0.95×   0.82–0.90×
+  SimpleNet SGD step     1.27–1.57×   1.09–1.12×
+  =====================  ===========  ===========
 
   What limits it: the GEMMs themselves. On this CPU ``torch.mm`` (MKL) runs these shapes 1.3–2× slower than the
   oneDNN kernels behind ``F.conv2d``, so 3×3 layers and the stem cannot reach native speed with any layout; 1×1
   layers (one GEMM, no copy) beat native, and a whole step lands near 1.1×. Memory: the step's peak of live
-  tensors equals native's (182.8 MiB, at the first ReLU backward, before any convolution backward runs); every
-  transient (padded copies, grids ≤ 1.27× a layer's tensors, chunks ≤ ``COLUMN_BUDGET_BYTES``) is freed below it.
+  tensors (glibc ``mallinfo2`` after every aten op) equals native's, 182.8 MiB above model and data, reached at the
+  first ReLU backward before any convolution backward runs; every transient (padded copies, grids ≤ 1.27× a
+  layer's tensors, chunks ≤ ``COLUMN_BUDGET_BYTES``) stays below it. (The subprocess RSS probe, which counts pages
+  touched beyond those the warm-up step left resident, read native 132–184 MiB, before 127–182, after 50–110.)
 
 No convolution function is used inside: only unfold/fold, strided views, matmul and elementwise ops.
 """
