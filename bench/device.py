@@ -57,7 +57,9 @@ def cuda_peak_mib(fn: Callable[[], object], device: torch.device) -> float:
 def subprocess_peak_rss_mib(setup: str, step: str, threads: int | None = None) -> float:
     """Peak resident memory (MiB) added by `step` (one line of code), in a fresh Python process after `setup`.
 
-    Uses Linux's resettable high-water mark (/proc/self/clear_refs = 5), so imports and setup do not count.
+    Uses Linux's resettable high-water mark (/proc/self/clear_refs = 5), so imports and setup do not count. glibc is
+    told to serve every block over 128 KiB by mmap, so a freed tensor leaves RSS at once: otherwise pages cached by
+    malloc after the warm-up step hide the step's allocations and the reading depends on heap history.
     """
     script = textwrap.dedent(
         """
@@ -80,7 +82,8 @@ def subprocess_peak_rss_mib(setup: str, step: str, threads: int | None = None) -
         step=step.strip(),
         threads=f"torch.set_num_threads({threads})" if threads else "",
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"memory probe failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
     return float(out.stdout.strip().splitlines()[-1])
