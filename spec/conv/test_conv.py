@@ -237,3 +237,11 @@ def test_custom_conv2d_rejects_dilation_and_groups_clearly(subject: ModuleType, 
     CustomConv2d = need(subject, "CustomConv2d")
     with pytest.raises(NotImplementedError, match=next(iter(kwargs))):
         CustomConv2d(4, 4, 3, **kwargs)
+
+
+def test_custom_conv2d_defaults_to_the_fast_algorithm(subject: ModuleType) -> None:
+    """The module runs "fast" unless told otherwise, so the models' default path is the one the benchmarks time."""
+    ours_only(subject, 'the "fast" algorithm')
+    assert need(subject, "CustomConv2d")(3, 4, 3).algorithm == "fast"
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        need(subject, "CustomConv2d")(3, 4, 3, algorithm="winograd")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from spec.subject import need
+from spec.subject import need, ours_only
 
 # The course network, layer by layer: (in, out, kernel, stride, padding). Its parameter count is derived from this
 # table, independently of the implementation.
@@ -95,14 +95,11 @@ def _pair_of_simplenets(subject: ModuleType, algorithm: str | None):
     return native.double(), custom.double()
 
 
-@pytest.fixture(params=[None, "unfold", "fast"], ids=["default", "unfold", "fast"])
+@pytest.fixture(params=[None, "unfold"], ids=["default", "unfold"])
 def algorithm(request: pytest.FixtureRequest, subject: ModuleType) -> str | None:
-    """Each of our algorithms by name; a foreign CustomConv2d as it comes."""
-    ours = subject.__name__ == "impl"
-    if ours and request.param is None:
-        pytest.skip("impl's default CustomConv2d algorithm is 'fast', checked under that name")
-    if not ours and request.param is not None:
-        pytest.skip("the algorithm switch is a miniplaces-lab extension")
+    """The subject's CustomConv2d as it comes (ours defaults to "fast"), and our seed "unfold" algorithm by name."""
+    if request.param is not None:
+        ours_only(subject, "the conv algorithm switch")
     return request.param
 
 
