@@ -42,6 +42,10 @@ def bench(session: nox.Session) -> None:
         "bench",
         "-m",
         "bench",
+        # pytest-benchmark skips warm-up by default; the first rounds of a candidate then carry lazy init and cold
+        # caches, which skewed side-by-side ratios by up to 1.4x here.
+        "--benchmark-warmup=on",
+        "--benchmark-min-rounds=7",
         f"--benchmark-json=reports/raw/{device}.json",
         *session.posargs,
     )
