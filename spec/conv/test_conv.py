@@ -36,10 +36,13 @@ class ConvCase:
     padding: int
     bias: bool
 
-    def tensors(self, dtype: torch.dtype, requires_grad: tuple[bool, bool, bool] = (True, True, True)):
-        x = torch.randn(self.n, self.c_in, self.h, self.w, dtype=dtype, requires_grad=requires_grad[0])
-        w = torch.randn(self.c_out, self.c_in, self.kh, self.kw, dtype=dtype, requires_grad=requires_grad[1])
-        b = torch.randn(self.c_out, dtype=dtype, requires_grad=requires_grad[2]) if self.bias else None
+    def tensors(
+        self, dtype: torch.dtype, requires_grad: tuple[bool, bool, bool] = (True, True, True), device: str = "cpu"
+    ):
+        kw = {"dtype": dtype, "device": device}
+        x = torch.randn(self.n, self.c_in, self.h, self.w, **kw).requires_grad_(requires_grad[0])
+        w = torch.randn(self.c_out, self.c_in, self.kh, self.kw, **kw).requires_grad_(requires_grad[1])
+        b = torch.randn(self.c_out, **kw).requires_grad_(requires_grad[2]) if self.bias else None
         return x, w, b
 
 
@@ -97,8 +100,8 @@ def test_gradcheck_float64(conv_fn: ConvFn, case: ConvCase, needs: tuple[bool, b
     ), case
 
 
-def _check_against_torch(conv_fn: ConvFn, case: ConvCase) -> None:
-    x, w, b = case.tensors(torch.float64)
+def _check_against_torch(conv_fn: ConvFn, case: ConvCase, device: str = "cpu") -> None:
+    x, w, b = case.tensors(torch.float64, device=device)
     y = conv_fn(x, w, b, case.stride, case.padding)
     ref = F.conv2d(x, w, b, case.stride, case.padding)
     assert y.shape == ref.shape, f"{case}: shape {tuple(y.shape)} != {tuple(ref.shape)}"
@@ -117,6 +120,33 @@ def _check_against_torch(conv_fn: ConvFn, case: ConvCase) -> None:
 @given(case=conv_cases())
 def test_forward_and_backward_match_torch_float64(conv_fn: ConvFn, case: ConvCase) -> None:
     _check_against_torch(conv_fn, case)
+
+
+@pytest.mark.gpu
+@settings(max_examples=30)
+@given(case=conv_cases())
+def test_cuda_forward_and_backward_match_torch_float64(conv_fn: ConvFn, case: ConvCase) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    _check_against_torch(conv_fn, case, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layer", [(32, 3, 64, 128, 7, 2, 3), (32, 64, 64, 32, 3, 1, 1), (32, 128, 512, 16, 1, 1, 0)])
+def test_cuda_float32_simplenet_layers_match_torch_without_tf32(conv_fn: ConvFn, layer: tuple[int, ...]) -> None:
+    """TF32 is off (spec/conftest.py): float32 at full layer sizes; a wrong formula errs by O(1), rounding by ~1e-5."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    n, c_in, c_out, hw, k, s, p = layer
+    x, w, b = ConvCase(n, c_in, c_out, hw, hw, k, k, s, p, True).tensors(torch.float32, device="cuda")
+    y, y_ref = conv_fn(x, w, b, s, p), F.conv2d(x, w, b, s, p)
+    g = torch.randn_like(y_ref)
+    got = (y, *torch.autograd.grad(y, (x, w), g))
+    want = (y_ref, *torch.autograd.grad(y_ref, (x, w), g))
+    for name, a, e in zip(("output", "grad input", "grad weight"), got, want, strict=True):
+        # Weight gradients sum ~10⁵ float32 terms: judge the error against the tensor's scale, not per element.
+        rel = ((a - e).abs().max() / e.abs().max()).item()
+        assert rel < 1e-4, f"{layer}: {name} max abs error is {rel:.2g} of its max magnitude"
 
 
 @settings(max_examples=15)
