@@ -665,7 +665,7 @@ def fit(
 
     result = FitResult()
     if resume is not None:
-        result.start_epoch, result.best_score = _restore(Path(resume), model, optimizer, scheduler, scaler, iters)
+        result.start_epoch, result.best_score = _restore(Path(resume), model, optimizer, scheduler, scaler, iters, cfg)
     models_dir = run_dir / "models" if run_dir is not None else None
     runlog = RunLog(run_dir, cfg, start_epoch=result.start_epoch) if run_dir is not None and info.is_main else None
     if runlog is not None:
@@ -741,16 +741,18 @@ def _restore(
     scheduler: WarmupCosineLR,
     scaler: torch.amp.GradScaler | None,
     iters_per_epoch: int,
+    cfg: TrainConfig,
 ) -> tuple[int, float]:
     """Load a checkpoint into the training state; returns (completed epochs, best score)."""
     ckpt = load_checkpoint(path)
     load_weights(model, ckpt, path)
     if "optimizer" not in ckpt:
         raise CheckpointError(f"{path} has no optimizer state (a model_best file?); resume from {CHECKPOINT_NAME}")
+    _check_schedule_matches(path, ckpt.get("config") or {}, cfg)
     optimizer.load_state_dict(ckpt["optimizer"])
     epoch = int(ckpt.get("epoch", 0))
-    # the schedule is closed-form, so the step count is all it needs; a course checkpoint has no scheduler state, and
-    # a resume with a different --epochs keeps the new length instead of the saved one
+    # the schedule is closed-form, so the step count is all it needs; a course checkpoint has no scheduler state (nor
+    # a saved config, so its schedule settings cannot be checked)
     sched_state = ckpt.get("scheduler") or {}
     scheduler.fast_forward(int(sched_state.get("last_epoch", epoch * iters_per_epoch)))
     if scaler is not None and "scaler" in ckpt:
@@ -758,3 +760,17 @@ def _restore(
     best = float(ckpt.get("best_acc1", -math.inf))
     log.info("=> loaded checkpoint '%s' (epoch %d, best %.3f)", path, epoch, best)
     return epoch, best
+
+
+# the settings that fix the step count per epoch and the shape of the schedule, with the flag that sets each
+_SCHEDULE_FLAGS = {"batch_size": "-b", "epochs": "--epochs", "warmup": "--warmup", "lr": "--lr"}
+
+
+def _check_schedule_matches(path: Path, saved: Mapping[str, Any], cfg: TrainConfig) -> None:
+    """A resume restores the scheduler's step count, which only means the same thing under the same schedule."""
+    for name, flag in _SCHEDULE_FLAGS.items():
+        if name in saved and saved[name] != getattr(cfg, name):
+            raise CheckpointError(
+                f"checkpoint {path} was trained with {name}={saved[name]}; this run has {flag} {getattr(cfg, name)}: "
+                f"pass {flag} {saved[name]} to resume it"
+            )

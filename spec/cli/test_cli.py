@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 import runpy
 import sys
@@ -14,7 +15,7 @@ import torch
 from impl.cli import MODELS, build_model, main
 from impl.data import MiniPlaces, val_transform
 from impl.models import SimpleNet
-from impl.train import BEST_NAME, CHECKPOINT_NAME, COURSE_KEYS
+from impl.train import BEST_NAME, CHECKPOINT_NAME, COURSE_KEYS, TrainConfig, save_checkpoint
 
 FAST = ["-j", "0", "-b", "8", "--warmup", "0", "--no-progress", "-p", "1"]
 
@@ -92,6 +93,9 @@ def test_train_one_epoch_then_evaluate_attack_and_resume(tiny_data, tmp_path, ca
     adversarial = float(re.search(r"adversarial val top-1 ([\d.]+)%", out).group(1))
     assert status == 0 and 0.0 <= adversarial <= 100.0
 
+    status, _, err = _run(capsys, "train", tiny_data, "--resume", ckpt_path, "--epochs", "2", "--lr", "0.01", *FAST)
+    assert status == 2 and "pass --epochs 1" in err, "a longer schedule would distort the restored one"
+    torch.save(ckpt | {"config": ckpt["config"] | {"epochs": 2}}, ckpt_path)  # as if a 2-epoch run stopped after 1
     status, _, _ = _run(capsys, "train", tiny_data, "--resume", ckpt_path, "--epochs", "2", "--lr", "0.01", *FAST)
     assert status == 0
     assert [p.name for p in tmp_path.iterdir()] == [run_dir.name], "a resume continues in the checkpoint's run folder"
@@ -149,3 +153,16 @@ def test_python_dash_m_impl_is_the_command_line(monkeypatch, capsys):
         runpy.run_module("impl", run_name="__main__")
     out = capsys.readouterr().out
     assert exit_info.value.code == 0 and all(cmd in out for cmd in ("train", "synth", "download", "demo"))
+
+
+def test_resume_with_another_batch_size_is_a_one_line_error_naming_the_flag(tiny_data, tmp_path, capsys):
+    model = SimpleNet(num_classes=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    config = dataclasses.asdict(TrainConfig(model_arch="simplenet", epochs=2, warmup=0, batch_size=32, lr=0.01))
+    state = {"epoch": 1, "model_arch": "simplenet", "state_dict": model.state_dict(), "best_acc1": 10.0,
+             "optimizer": opt.state_dict(), "scheduler": {}, "best_metric": "val_top1", "config": config}  # fmt: skip
+    save_checkpoint(state, tmp_path, is_best=False)
+    status, _, err = _run(capsys, "train", tiny_data, "--resume", tmp_path / CHECKPOINT_NAME, "--epochs", "2",
+                          "--lr", "0.01", *FAST)  # fmt: skip
+    assert status == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "batch_size=32" in err and "pass -b 32" in err and str(tmp_path / CHECKPOINT_NAME) in err, err

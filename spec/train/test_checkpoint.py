@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import pytest
@@ -166,3 +167,25 @@ def test_resume_is_bit_exact_with_augmenting_worker_processes(tmp_path):
     resumed, _ = _run(cfg, resume=tmp_path / "models" / CHECKPOINT_NAME, model=tiny_net(seed=5))
     diff = _max_diff(straight.state_dict(), resumed.state_dict())
     assert diff == 0.0, f"1 + resume + 1 with a worker process differs from 2 straight epochs by {diff:.3e}"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"), [("batch_size", 32, "-b"), ("epochs", 3, "--epochs"), ("warmup", 0, "--warmup"),
+                                 ("lr", 0.01, "--lr")]
+)  # fmt: skip
+def test_resume_with_another_schedule_setting_is_refused_naming_file_field_values_and_flag(
+    tmp_path, field, value, flag
+):
+    saved = quiet_config(epochs=2)
+    _run(dataclasses.replace(saved, epochs=1), run_dir=tmp_path)
+    path = tmp_path / "models" / CHECKPOINT_NAME
+    ckpt = torch.load(path, weights_only=True)
+    torch.save(ckpt | {"config": dataclasses.asdict(saved)}, path)  # a 2-epoch run stopped after epoch 1
+    now = dataclasses.replace(saved, **{field: value})
+    with pytest.raises(CheckpointError) as info:
+        _run(now, resume=path)
+    msg = str(info.value)
+    want = [str(path), f"{field}={getattr(saved, field)}", f"{flag} {value}", f"pass {flag} {getattr(saved, field)}"]
+    assert all(w in msg for w in want), f"{msg!r} lacks one of {want}"
+    _, result = _run(saved, resume=path)  # the same settings resume
+    assert [r["epoch"] for r in result.history] == [2]
