@@ -34,6 +34,10 @@ Two exact algorithms, chosen by one switch, `algorithm`:
   SimpleNet SGD step     1.27–1.57×   1.09–1.12×
   =====================  ===========  ===========
 
+  Those numbers let activations flow channels-last from layer to layer. The output now keeps the input's layout, as
+  ``F.conv2d`` does (course code calls ``.view`` on conv outputs), so an NCHW network pays a layout copy per layer;
+  feed a channels-last model and input to avoid it. reports/conv.md holds the current NCHW numbers.
+
   What limits it: the GEMMs themselves. On this CPU ``torch.mm`` (MKL) runs these shapes 1.3–2× slower than the
   oneDNN kernels behind ``F.conv2d``, so 3×3 layers and the stem cannot reach native speed with any layout; 1×1
   layers (one GEMM, no copy) beat native, and a whole step lands near 1.1×. Memory: the step's peak of live
@@ -379,14 +383,25 @@ def _forward(
         out, cols = _unfold_forward(input_feats, weight, bias, stride_hw, pad_hw, out_hw)
         ctx.save_for_backward(weight if need_x else None, cols if need_w else None)
     else:
+        # Like F.conv2d, the output (and later grad_input) keeps the input's layout: a channels-last network stays
+        # copy-free, and an NCHW caller gets NCHW tensors (course code calls `.view` on them).
+        ctx.channels_last = is_channels_last(input_feats)
         out = _fast_forward(input_feats, weight, bias, stride_hw, pad_hw, out_hw)
+        out = out if ctx.channels_last else out.contiguous()
         ctx.save_for_backward(input_feats if need_w else None, weight if need_x else None)
     return out
+
+
+def is_channels_last(x: Tensor) -> bool:
+    """True when x is laid out NHWC (and not also plain-contiguous, as a C=1 or 1×1 tensor is)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
     backward = _unfold_backward if ctx.algorithm == "unfold" else _fast_backward
     grad_input, grad_weight = backward(ctx, grad_output)
+    if grad_input is not None and ctx.algorithm == "fast" and not ctx.channels_last:
+        grad_input = grad_input.contiguous()
     grad_bias = grad_output.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
     return grad_input, grad_weight, grad_bias, None, None
 

@@ -7,6 +7,7 @@ CustomConv2DFunction is ("fast" is a miniplaces-lab extension).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -246,8 +247,14 @@ def test_custom_conv2d_is_a_drop_in_for_nn_conv2d(subject: ModuleType) -> None:
     assert list(custom.state_dict()) == list(native.state_dict())
     assert {k: v.shape for k, v in custom.state_dict().items()} == {k: v.shape for k, v in native.state_dict().items()}
     custom.load_state_dict(native.state_dict())
-    x = torch.randn(3, 5, 11, 10)
-    torch.testing.assert_close(custom(x), native(x))
+    for x in (torch.randn(3, 5, 11, 10), torch.randn(3, 5, 11, 10).contiguous(memory_format=torch.channels_last)):
+        x.requires_grad_()
+        y, y_ref = custom(x), native(x)
+        torch.testing.assert_close(y, y_ref)
+        # Same layout as nn.Conv2d: course code calls `.view` on conv outputs and gradients.
+        assert y.is_contiguous() == y_ref.is_contiguous(), f"output layout {y.stride()} vs {y_ref.stride()}"
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert g.is_contiguous() == x.is_contiguous(), f"grad_input layout {g.stride()} for input {x.stride()}"
 
 
 def test_custom_conv2d_init_has_nn_conv2d_bounds(subject: ModuleType) -> None:
@@ -275,3 +282,23 @@ def test_custom_conv2d_defaults_to_the_fast_algorithm(subject: ModuleType) -> No
     assert need(subject, "CustomConv2d")(3, 4, 3).algorithm == "fast"
     with pytest.raises(ValueError, match="algorithm must be one of"):
         need(subject, "CustomConv2d")(3, 4, 3, algorithm="winograd")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_fast_algorithm_is_exact_when_the_batch_is_split_into_chunks(
+    subject: ModuleType, conv_fn: ConvFn, monkeypatch: pytest.MonkeyPatch, stride: int
+) -> None:
+    """The spec's small shapes fit one chunk; a 1-byte column budget forces one sample per GEMM chunk."""
+    ours_only(subject, "the fast algorithm's batch chunking")
+    monkeypatch.setattr(importlib.import_module("impl.conv"), "COLUMN_BUDGET_BYTES", 1)
+    for channels_last in (False, True):
+        case = ConvCase(3, 4, 5, 9, 8, 3, 3, stride, 1, True)
+        x, w, b = case.tensors(torch.float64)
+        if channels_last:
+            x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        y, ref = conv_fn(x, w, b, stride, 1), F.conv2d(x, w, b, stride, 1)
+        g = torch.randn_like(y)
+        got = (y, *torch.autograd.grad(y, (x, w), g))
+        want = (ref, *torch.autograd.grad(ref, (x, w), g))
+        for name, a, e in zip(("output", "grad input", "grad weight"), got, want, strict=True):
+            assert _max_err(a, e) < 1e-10, f"stride {stride} channels_last={channels_last}: {name}"
