@@ -758,6 +758,11 @@ def _restore(
     if scaler is not None and "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])
     best = float(ckpt.get("best_acc1", -math.inf))
+    saved_metric = ckpt.get("best_metric", "val_top1")  # a course checkpoint's best_acc1 is val top-1
+    if saved_metric != cfg.best_metric:
+        log.info("%s kept the best %s; this run selects by %s, so its best starts afresh", path, saved_metric,
+                 cfg.best_metric)  # fmt: skip
+        best = -math.inf
     log.info("=> loaded checkpoint '%s' (epoch %d, best %.3f)", path, epoch, best)
     return epoch, best
 

@@ -33,6 +33,15 @@ def _run(cfg, run_dir=None, resume=None, train_set=None, model=None):
     return model, result
 
 
+def _stopped_after_one_epoch(cfg, run_dir, **ckpt_changes):
+    """checkpoint.pth.tar of a `cfg` run (2 epochs or more) stopped after its first epoch, with `ckpt_changes`."""
+    _run(dataclasses.replace(cfg, epochs=1), run_dir=run_dir)
+    path = run_dir / "models" / CHECKPOINT_NAME
+    ckpt = torch.load(path, weights_only=True)
+    torch.save(ckpt | {"config": dataclasses.asdict(cfg)} | ckpt_changes, path)
+    return path
+
+
 def _max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
@@ -177,10 +186,7 @@ def test_resume_with_another_schedule_setting_is_refused_naming_file_field_value
     tmp_path, field, value, flag
 ):
     saved = quiet_config(epochs=2)
-    _run(dataclasses.replace(saved, epochs=1), run_dir=tmp_path)
-    path = tmp_path / "models" / CHECKPOINT_NAME
-    ckpt = torch.load(path, weights_only=True)
-    torch.save(ckpt | {"config": dataclasses.asdict(saved)}, path)  # a 2-epoch run stopped after epoch 1
+    path = _stopped_after_one_epoch(saved, tmp_path)
     now = dataclasses.replace(saved, **{field: value})
     with pytest.raises(CheckpointError) as info:
         _run(now, resume=path)
@@ -189,3 +195,13 @@ def test_resume_with_another_schedule_setting_is_refused_naming_file_field_value
     assert all(w in msg for w in want), f"{msg!r} lacks one of {want}"
     _, result = _run(saved, resume=path)  # the same settings resume
     assert [r["epoch"] for r in result.history] == [2]
+
+
+def test_a_resume_selecting_best_by_another_metric_starts_the_best_afresh(tmp_path):
+    """A clean run's best (val top-1) says nothing about the PGD top-1 that --adv-train selects by, and vice versa."""
+    cfg = quiet_config(epochs=2)
+    path = _stopped_after_one_epoch(cfg, tmp_path, best_metric="val_pgd_top1", best_acc1=100.0)
+    _, result = _run(cfg, run_dir=tmp_path, resume=path)
+    assert result.best_score == result.history[-1]["val_top1"], f"best {result.best_score} kept from the old metric"
+    best = torch.load(tmp_path / "models" / BEST_NAME, weights_only=True)
+    assert best["epoch"] == 2 and best["best_metric"] == "val_top1", "model_best was not replaced by epoch 2"
