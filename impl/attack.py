@@ -115,9 +115,18 @@ def _no_inference_mode(who: str) -> None:
 def _input_grad(model: nn.Module, x: Tensor, loss_of_logits: Callable[[Tensor], Tensor]) -> Tensor:
     """∂loss/∂x only: parameters get no gradient (neither computed nor written to `.grad`); the graph is freed."""
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        loss = loss_of_logits(model(x))
-    grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
+    # Parameters are frozen for the step: autograd.grad(loss, x) already skips weight gradients of built-in ops, but a
+    # custom Function (CustomConv2d) only sees `needs_input_grad`, fixed at its forward, and would compute them anyway.
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            loss = loss_of_logits(model(x))
+        grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     if grad is None:
         raise RuntimeError(
             f"the loss of {type(model).__name__} does not depend differentiably on its input (a detach or a "

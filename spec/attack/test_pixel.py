@@ -141,6 +141,26 @@ def test_attack_computes_no_parameter_gradient(untrained):
     assert not fired, f"the attack computed gradients for parameters {sorted(set(fired))}"
 
 
+def test_attack_does_no_weight_gradient_work_in_custom_conv_functions(monkeypatch: pytest.MonkeyPatch):
+    """A custom autograd Function decides from `needs_input_grad` at forward time: the attack must not make
+    CustomConv2d compute weight gradients it throws away (a third of each step's backward)."""
+    import impl.conv
+    from impl.conv import CustomConv2d
+
+    calls = []
+    original = impl.conv._shift_grad_weight  # the stride-1 weight-gradient pass of the fast algorithm
+    monkeypatch.setattr(
+        impl.conv, "_shift_grad_weight", lambda *a: (calls.append("_shift_grad_weight"), original(*a))[1]
+    )
+    model = nn.Sequential(
+        CustomConv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
+    adv = pgd(model, random_images(2, seed=3), torch.tensor([0, 1]), steps=2)
+    assert torch.isfinite(adv).all()
+    assert "_shift_grad_weight" not in calls, f"weight-gradient passes during the attack: {calls}"
+    assert all(p.requires_grad for p in model.parameters()), "the attack left parameters frozen"
+
+
 def test_attack_works_inside_no_grad(trained):
     model, images, labels = trained
     with torch.no_grad():
