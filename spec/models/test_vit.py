@@ -80,6 +80,28 @@ def test_vit_parameter_count_matches_formula_for_other_configs(subject, kw):
     assert count == expected, f"SimpleViT({kw}) has {count:,} parameters, formula {expected:,}"
 
 
+def test_vit_forward_composes_its_parts_in_the_documented_order(subject):
+    """patch embedding + absolute positions → blocks in order → LayerNorm → mean over tokens → head, rebuilt from
+    the model's own submodules (eval mode, so drop-path is off)."""
+    torch.manual_seed(0)
+    model = need(subject, "SimpleViT")(img_size=32, patch_size=8, embed_dim=16, depth=3, num_heads=2, num_classes=5)
+    missing = [a for a in ("patch_embed", "pos_embed", "blocks", "norm", "head") if not hasattr(model, a)]
+    if missing:
+        pytest.skip(f"SimpleViT of the implementation under test has no {missing} (course attribute names)")
+    with torch.no_grad():
+        model.pos_embed.normal_()  # non-zero, so leaving it out is visible
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    tokens = model.patch_embed(x) + model.pos_embed  # (B, H', W', C)
+    for block in model.blocks:
+        tokens = block(tokens)
+    want = model.head(model.norm(tokens).mean(dim=(1, 2)))
+    got = model(x)
+    assert max_err(got, want) < 1e-5, (
+        f"SimpleViT.forward differs from its parts composed in order by {max_err(got, want):.3g}"
+    )
+
+
 def test_default_vit_maps_images_to_finite_logits_in_train_and_eval(subject):
     batch = 2
     model = need(subject, "SimpleViT")()
