@@ -41,6 +41,20 @@ class UsageError(Exception):
     """A problem with the command line or its inputs: printed as one line, exit status 2."""
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of `exc`; for one re-raised from a DataLoader worker, the original's (torch puts the worker's whole
+    traceback in the message, and its last line is `module.Type: message`)."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    kind = type(exc)
+    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+        if last.startswith(prefix):
+            return last.removeprefix(prefix)
+    return last
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -415,7 +429,7 @@ def run_train(args: argparse.Namespace) -> int:
                 extra_evals=adversarial.extra_evals if adversarial is not None else (),
             )
     except (DataError, CheckpointError, ValueError, KeyError) as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(_one_line(exc)) from exc
     except TrainingDiverged as exc:
         print(f"miniplaces train: training diverged: {exc}", file=sys.stderr)
         return 3

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import re
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -166,3 +167,16 @@ def test_resume_with_another_batch_size_is_a_one_line_error_naming_the_flag(tiny
                           "--lr", "0.01", *FAST)  # fmt: skip
     assert status == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "batch_size=32" in err and "pass -b 32" in err and str(tmp_path / CHECKPOINT_NAME) in err, err
+
+
+def test_a_corrupt_jpeg_met_in_a_loader_worker_is_one_line_naming_the_file_and_line(tiny_data, tmp_path, capsys):
+    root = shutil.copytree(tiny_data, tmp_path / "data")
+    listed = [line.split()[0] for line in (root / "train.txt").read_text().splitlines()]
+    for name in listed:  # every train batch fails, so the first one does, inside the worker process
+        (root / "images" / name).write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    status, _, err = _run(capsys, "train", root, "--epochs", "1", "--out", tmp_path / "runs", *FAST, "-j", "1")
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and "Traceback" not in err, err
+    named = re.search(r"images/(\S+\.jpg): corrupt JPEG .*\(listed at (\S+) line (\d+)\)", lines[0])
+    assert named is not None, lines[0]
+    assert named.group(2) == str(root / "train.txt") and listed[int(named.group(3)) - 1] == named.group(1), lines[0]
