@@ -191,7 +191,9 @@ class PGDAttack:
             nonlocal target
             if target is None:  # the first step runs on the clean input: its logits fix the target for every step
                 target = logits.detach().argmin(dim=1)
-            return self.loss_fn(_upcast(logits), target)
+            # × batch: a mean-reduced loss_fn divides each example's gradient by B, which fp16 autocast can round to
+            # zero (then sign() makes no step); a positive factor leaves every sign, hence the attack, unchanged.
+            return self.loss_fn(_upcast(logits), target) * logits.shape[0]
 
         with eval_mode(model):
             for _ in range(self.num_steps):
@@ -202,7 +204,7 @@ class PGDAttack:
         return output
 
 
-default_attack = PGDAttack
+default_attack = PGDAttack  # the name the course's main.py imports
 
 
 # ---------------------------------------------------------------------------------------------------------------------
