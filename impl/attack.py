@@ -526,7 +526,7 @@ def evaluate_robustness(
     model: nn.Module,
     loader: Iterable[tuple[Tensor, Tensor]],
     specs: Sequence[AttackSpec],
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     max_batches: int | None = None,
@@ -537,8 +537,10 @@ def evaluate_robustness(
 
     `on_batch(i, images, labels, adversarial_by_name)` sees each batch (figures, TensorBoard grids). A failed sanity
     check is logged as a warning and recorded in the report. Times are wall-clock (on CUDA they include the syncs the
-    accuracy counts force, so they are comparable between attacks).
+    accuracy counts force, so they are comparable between attacks). `device` defaults to the model's.
     """
+    if device is None:
+        device = next(model.parameters()).device
     if not specs:
         raise ValueError("evaluate_robustness: no attack specs given")
     names = [s.name for s in specs]
