@@ -455,6 +455,8 @@ def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:  # on disk before the rename, or a power cut can leave an empty file under `path`
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -466,10 +468,17 @@ def save_checkpoint(state: Mapping[str, Any], models_dir: Path, *, is_best: bool
     if missing:
         raise ValueError(f"checkpoint state lacks the course keys {missing}")
     models_dir.mkdir(parents=True, exist_ok=True)
-    path = models_dir / CHECKPOINT_NAME
-    _atomic_save(dict(state), path)
     if is_best:
-        _atomic_save({k: v for k, v in state.items() if k != "optimizer"}, models_dir / BEST_NAME)
+        _save_best(state, models_dir)
+    path = models_dir / CHECKPOINT_NAME
+    _atomic_save(dict(state), path)  # last: the checkpoint is the commit point
+    return path
+
+
+def _save_best(state: Mapping[str, Any], models_dir: Path) -> Path:
+    path = models_dir / BEST_NAME
+    models_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_save({k: v for k, v in state.items() if k != "optimizer"}, path)
     return path
 
 
@@ -708,6 +717,7 @@ def fit(
             is_best = row[cfg.best_metric] > result.best_score
             result.best_score = max(row[cfg.best_metric], result.best_score)
             result.history.append(row)
+            state: dict[str, Any] | None = None
             if models_dir is not None and info.is_main:
                 state = {
                     "epoch": epoch + 1,
@@ -721,11 +731,14 @@ def fit(
                 }
                 if scaler is not None:
                     state["scaler"] = scaler.state_dict()
-                result.checkpoint = save_checkpoint(state, models_dir, is_best=is_best)
+                # checkpoint.pth.tar goes last: it commits the epoch, so whatever a crash interrupts before it is
+                # redone on resume (which drops metrics rows past the checkpoint) instead of being missing forever
                 if is_best:
-                    result.best = models_dir / BEST_NAME
+                    result.best = _save_best(state, models_dir)
             if runlog is not None:
                 runlog.epoch(row)
+            if state is not None and models_dir is not None:
+                result.checkpoint = save_checkpoint(state, models_dir, is_best=False)
     finally:
         if runlog is not None:
             runlog.close()

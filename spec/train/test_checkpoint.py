@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import itertools
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,3 +208,59 @@ def test_a_resume_selecting_best_by_another_metric_starts_the_best_afresh(tmp_pa
     assert result.best_score == result.history[-1]["val_top1"], f"best {result.best_score} kept from the old metric"
     best = torch.load(tmp_path / "models" / BEST_NAME, weights_only=True)
     assert best["epoch"] == 2 and best["best_metric"] == "val_top1", "model_best was not replaced by epoch 2"
+
+
+@pytest.mark.parametrize("failing", [BEST_NAME, "metrics.csv", CHECKPOINT_NAME])
+def test_a_crash_in_any_epoch_save_leaves_best_and_metrics_covering_the_checkpoint(tmp_path, monkeypatch, failing):
+    """checkpoint.pth.tar commits an epoch: every epoch it counts is in metrics.csv and model_best; the resume redoes
+    whatever a crash cut short. Every epoch is a new best here (the metric is the epoch number)."""
+    from impl.train import RunLog
+
+    cfg = quiet_config(epochs=2, best_metric="order")
+    real_save, real_csv = torch.save, RunLog._write_csv
+
+    def save(obj, f, *args, **kwargs):
+        if failing in str(f) and obj.get("epoch") == 2:
+            raise OSError(f"disk full writing {f}")
+        return real_save(obj, f, *args, **kwargs)
+
+    def write_csv(self, rows):
+        if failing == "metrics.csv" and any(r["epoch"] == 2 for r in rows):
+            raise OSError("disk full writing metrics.csv")
+        return real_csv(self, rows)
+
+    def run(resume=None):
+        val = make_eval_loader(tensor_dataset(64), 32)
+        train = make_train_loader(NoisyDataset(tensor_dataset(64)), cfg)
+        evals = [lambda model: {"order": float(next(calls))}]  # grows with every evaluation: always a new best
+        return fit(tiny_net(), train, val, cfg, device=CPU, run_dir=tmp_path, resume=resume, extra_evals=evals)
+
+    calls = itertools.count(1)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", save)
+        patch.setattr(RunLog, "_write_csv", write_csv)
+        with pytest.raises(OSError, match="disk full"):
+            run()
+    committed = load_checkpoint(tmp_path / "models" / CHECKPOINT_NAME)["epoch"]
+    best = load_checkpoint(tmp_path / "models" / BEST_NAME)["epoch"]
+    with (tmp_path / "metrics.csv").open() as fh:
+        logged = [int(row["epoch"]) for row in csv.DictReader(fh)]
+    assert best >= committed and logged[:committed] == list(range(1, committed + 1)), (
+        f"after a crash writing {failing}: checkpoint at epoch {committed}, model_best {best}, metrics rows {logged}"
+    )
+    result = run(resume=tmp_path / "models" / CHECKPOINT_NAME)
+    with (tmp_path / "metrics.csv").open() as fh:
+        assert [int(row["epoch"]) for row in csv.DictReader(fh)] == [1, 2]
+    assert load_checkpoint(result.best)["epoch"] == 2
+
+
+def test_a_checkpoint_is_fsynced_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(f"replace {Path(b).name}") or real_replace(a, b))
+    state = {k: 0 for k in COURSE_KEYS} | {"state_dict": {"w": torch.ones(3)}, "epoch": 1}
+    save_checkpoint(state, tmp_path, is_best=True)
+    assert events == ["fsync", f"replace {BEST_NAME}", "fsync", f"replace {CHECKPOINT_NAME}"], events
