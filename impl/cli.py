@@ -719,17 +719,27 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from impl.data import MiniPlaces, make_synthetic, val_transform
-    from impl.report import write_report
-    from impl.train import evaluate, load_checkpoint, load_weights, make_eval_loader
+    from impl.data import DataError, make_synthetic
+    from impl.train import CheckpointError
 
     synthetic = args.data is None
     data = args.synth_root if synthetic else args.data
-    if synthetic and not (data / "train.txt").is_file():
-        log.info("making the SYNTHETIC dataset in %s", data)
-        make_synthetic(data)
-    elif not synthetic and not data.is_dir():
-        raise UsageError(f"--data {data} does not exist")
+    try:
+        if synthetic and not (data / "train.txt").is_file():
+            log.info("making the SYNTHETIC dataset in %s", data)
+            make_synthetic(data)
+        elif not synthetic and not data.is_dir():
+            raise UsageError(f"--data {data} does not exist")
+        return _demo(args, data, synthetic)
+    except (DataError, CheckpointError, ValueError, OSError) as exc:
+        raise UsageError(_one_line(exc)) from exc
+
+
+def _demo(args: argparse.Namespace, data: Path, synthetic: bool) -> int:
+    from impl.data import MiniPlaces, val_transform
+    from impl.report import write_report
+    from impl.train import evaluate, load_checkpoint, load_weights, make_eval_loader
+
     train_argv = [
         "train",
         str(data),

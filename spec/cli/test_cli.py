@@ -180,3 +180,18 @@ def test_a_corrupt_jpeg_met_in_a_loader_worker_is_one_line_naming_the_file_and_l
     named = re.search(r"images/(\S+\.jpg): corrupt JPEG .*\(listed at (\S+) line (\d+)\)", lines[0])
     assert named is not None, lines[0]
     assert named.group(2) == str(root / "train.txt") and listed[int(named.group(3)) - 1] == named.group(1), lines[0]
+
+
+@pytest.mark.parametrize("culprit", ["--synth-root", "--out"])
+def test_demo_data_and_output_errors_are_one_line_naming_the_folder(culprit, tiny_data, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("not a dataset")
+    out = tmp_path / "out.txt"
+    out.write_text("a file, not a folder")
+    argv = {"--synth-root": ["--synth-root", mine, "--out", tmp_path / "runs"],
+            "--out": ["--synth-root", tiny_data, "--out", out]}[culprit]  # fmt: skip
+    status, _, err = _run(capsys, "demo", *argv, "--epochs", "1", "-j", "0", "--no-progress")
+    culprit_path = mine if culprit == "--synth-root" else out
+    assert status == 2 and len(err.strip().splitlines()) == 1 and str(culprit_path) in err, err
+    assert (mine / "thesis.tex").read_text() == "not a dataset", "the demo wrote over a folder it does not own"
