@@ -681,6 +681,7 @@ def fit(
         result.history = list(runlog.rows)
     if models_dir is not None and (models_dir / CHECKPOINT_NAME).exists() and result.start_epoch > 0:
         result.checkpoint = models_dir / CHECKPOINT_NAME
+    resumed_from = Path(resume) if resume is not None else None  # the last good state until an epoch here completes
 
     net: nn.Module = torch.compile(model) if cfg.compile else model
     if info.world_size > 1:
@@ -704,7 +705,7 @@ def fit(
                 scaler=scaler,
                 on_log=runlog.step if runlog is not None else None,
                 progress=progress,
-                last_good=result.checkpoint,
+                last_good=result.checkpoint or resumed_from,
             )
             val = evaluate(model, val_loader, device=device, flip=cfg.val_flip, amp=cfg.amp, print_freq=cfg.print_freq)
             row: dict[str, float] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}

@@ -16,6 +16,7 @@ from impl.train import (
     CHECKPOINT_NAME,
     COURSE_KEYS,
     CheckpointError,
+    TrainingDiverged,
     fit,
     load_checkpoint,
     make_eval_loader,
@@ -264,3 +265,12 @@ def test_a_checkpoint_is_fsynced_before_it_replaces_the_old_one(tmp_path, monkey
     state = {k: 0 for k in COURSE_KEYS} | {"state_dict": {"w": torch.ones(3)}, "epoch": 1}
     save_checkpoint(state, tmp_path, is_best=True)
     assert events == ["fsync", f"replace {BEST_NAME}", "fsync", f"replace {CHECKPOINT_NAME}"], events
+
+
+def test_divergence_right_after_a_resume_from_elsewhere_names_the_resumed_file(tmp_path):
+    cfg = quiet_config(epochs=2)
+    path = _stopped_after_one_epoch(cfg, tmp_path / "old")
+    data = NoisyDataset(tensor_dataset(64), nan_at=1)
+    with pytest.raises(TrainingDiverged) as info:
+        _run(cfg, run_dir=tmp_path / "new", resume=path, train_set=data)
+    assert f"the last good checkpoint is {path}" in str(info.value), str(info.value)
