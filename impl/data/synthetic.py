@@ -224,6 +224,8 @@ def make_synthetic(
         raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
     root = Path(root)
     _claim(root)
+    for listing in ("train.txt", "val.txt", "categories.txt"):  # written last: an interrupted rewrite is incomplete
+        (root / listing).unlink(missing_ok=True)
     images = root / "images"
     if images.exists():
         shutil.rmtree(images)

@@ -104,3 +104,25 @@ def test_every_class_is_drawn_differently_from_every_other() -> None:
         for b in range(a + 1, len(CLASSES)):
             diff = np.abs(images[a] - images[b]).mean()
             assert diff > 5, f"classes {CLASSES[a][0]} and {CLASSES[b][0]} draw nearly the same image ({diff:.1f})"
+
+
+def test_an_interrupted_rewrite_leaves_no_split_files_to_pass_for_a_complete_set(tmp_path: Path, monkeypatch) -> None:
+    from impl.data import synthetic
+
+    make_synthetic(tmp_path, num_classes=2, train_per_class=2, val_per_class=1, image_size=32)
+    real_write, written = synthetic._write_jpeg, []
+
+    def write_then_die(path: Path, pixels: np.ndarray) -> None:
+        if len(written) == 2:
+            raise KeyboardInterrupt("interrupted while writing images")
+        written.append(path)
+        real_write(path, pixels)
+
+    monkeypatch.setattr(synthetic, "_write_jpeg", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        make_synthetic(tmp_path, num_classes=3, train_per_class=2, val_per_class=1, image_size=32)
+    left = [name for name in ("train.txt", "val.txt", "categories.txt") if (tmp_path / name).exists()]
+    assert not left, f"{left} survive an interrupted rewrite, so the half-written set passes for a complete one"
+    monkeypatch.undo()
+    make_synthetic(tmp_path, num_classes=3, train_per_class=2, val_per_class=1, image_size=32)
+    assert len(MiniPlaces(tmp_path, "train")) == 6
