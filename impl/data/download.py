@@ -10,6 +10,7 @@ development kit's `train.txt`, `val.txt` and `categories.txt` when the archive l
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import shutil
 import tarfile
@@ -82,7 +83,7 @@ def fetch(url: str, dest: Path, *, progress: bool = True, timeout_s: float = 30.
                     out.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         partial.unlink(missing_ok=True)
         raise DownloadError(f"could not fetch {url}: {getattr(exc, 'reason', exc)}") from None
     if expected is not None and received != expected:

@@ -95,3 +95,22 @@ def test_missing_devkit_file_offline_names_it_and_its_place(tmp_path: Path) -> N
     (tmp_path / "val.txt").unlink()
     with pytest.raises(DownloadError, match=f"val.txt.*{DEAD}val.txt.*at {tmp_path / 'val.txt'}"):
         download(tmp_path, urls=[], devkit_url=DEAD, progress=False)
+
+
+def test_a_connection_cut_mid_body_is_a_download_error_leaving_no_partial_file(tmp_path: Path, monkeypatch) -> None:
+    import http.client
+    import io
+    import urllib.request
+
+    from impl.data.download import fetch
+
+    class CutShort(io.BytesIO):
+        headers = {"Content-Length": "100"}
+
+        def read(self, size: int = -1) -> bytes:
+            raise http.client.IncompleteRead(b"x" * 10, 90)
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: CutShort())
+    with pytest.raises(DownloadError, match="could not fetch http://example.invalid/data.tar.gz"):
+        fetch("http://example.invalid/data.tar.gz", tmp_path / "data.tar.gz", progress=False)
+    assert not list(tmp_path.iterdir()), "a partial download was left behind"
