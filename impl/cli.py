@@ -134,7 +134,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay", help="weight decay (default: 1e-4)"
     )
     p.add_argument("-p", "--print-freq", default=10, type=int, help="iterations between log lines (default: 10)")
-    p.add_argument("--resume", default=None, type=Path, metavar="PATH", help="checkpoint to continue or evaluate")
+    p.add_argument(
+        "--resume",
+        default=None,
+        type=Path,
+        metavar="PATH",
+        help="checkpoint to continue (with the same -b, --epochs, --warmup and --lr) or evaluate",
+    )
     p.add_argument(
         "-e", "--evaluate", action="store_true", help="evaluate the --resume checkpoint on val with flip averaging"
     )
