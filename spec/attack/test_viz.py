@@ -51,13 +51,19 @@ def test_four_panels_show_original_adversarial_amplified_and_heatmap():
     assert "abbey" in titles and "bakery" in titles, f"class names missing from titles: {titles!r}"
 
 
-def test_save_attack_figures_writes_pngs_fooled_examples_first(tmp_path):
+def test_save_attack_figures_writes_pngs_fooled_examples_first(tmp_path, monkeypatch):
+    import impl.viz
+
+    drawn = []  # the true class name each figure shows, in file order
+    original = impl.viz.attack_figure
+    monkeypatch.setattr(impl.viz, "attack_figure", lambda *a: (drawn.append(a[2]), original(*a))[1])
     images, adv, _ = _pair(n=4)
     labels = torch.tensor([0, 1, 2, 3])
     clean_pred = torch.tensor([0, 1, 2, 3])
     adv_pred = torch.tensor([0, 1, 0, 3])  # only example 2 is fooled
     paths = save_attack_figures(tmp_path, images, adv, labels, clean_pred, adv_pred, ["a", "b", "c", "d"], limit=2)
     assert [p.name for p in paths] == ["attack_0.png", "attack_1.png"]
+    assert drawn == ["c", "a"], f"the fooled example (class c) must come first, then the rest in order: {drawn}"
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{p} is not a PNG"
     assert paths[0].stat().st_size > 10_000, "the first figure is suspiciously small"
