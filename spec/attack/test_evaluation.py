@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from impl.attack import (
     AttackResult,
     AttackSpec,
+    PGDAttack,
     RobustnessReport,
     default_specs,
     evaluate_robustness,
@@ -35,6 +36,19 @@ def test_clean_and_adversarial_accuracy_are_counted_over_every_batch(trained):
     assert report.result("noise eps=0/255").top1 == pytest.approx(clean), "ε = 0 noise must equal clean accuracy"
     assert report.clean_top5 == 100.0, "4 classes: the label is always within the top 5"
     assert report.result("pgd-5 eps=8/255").top1 < clean - 20
+
+
+def test_course_mode_target_hits_are_the_least_confident_clean_labels(trained):
+    """Recomputed independently: the share of adversarial predictions equal to argmin of the clean logits."""
+    model, images, labels = trained
+    spec = AttackSpec("pgd", "course", 0.3, 10, 0.05)
+    report = evaluate_robustness(model, _loader(images, labels), [spec])
+    adv = PGDAttack(nn.CrossEntropyLoss(), num_steps=10, step_size=0.05, epsilon=0.3).perturb(model, images)
+    with torch.no_grad():
+        expected = 100 * (model(adv).argmax(1) == model(images).argmin(1)).float().mean().item()
+    got = report.result(spec.name).target_hit
+    assert expected > 10, f"the attack should hit its targets at this budget ({expected:.1f}%)"
+    assert got == pytest.approx(expected, abs=100 / images.shape[0]), f"target hits {got} vs recomputed {expected}"
 
 
 def test_sweep_has_the_seeds_tables_and_baselines():
