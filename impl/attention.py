@@ -54,7 +54,7 @@ class Attention(nn.Module):
         _check_grid(x, "Attention", self.qkv.in_features)
         B, H, W, C = x.shape
         L = H * W
-        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, nH, L, hd)
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)  # (3,B,nH,L,hd)
         q, k, v = qkv.unbind(0)  # each (B, nH, L, hd)
         if self.fused_attn:
             x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, nH, L, hd)
@@ -91,6 +91,8 @@ def window_unpartition(
     _check_grid(windows, "window_unpartition")
     Hp, Wp = pad_hw
     H, W = hw
+    if window_size < 1:
+        raise ValueError(f"window_size must be >= 1, got {window_size}")
     if Hp % window_size or Wp % window_size or Hp < H or Wp < W:
         raise ValueError(f"pad_hw={pad_hw} must be multiples of window_size={window_size} and cover hw={hw}")
     n_windows = (Hp // window_size) * (Wp // window_size)

@@ -127,7 +127,7 @@ def _unfold_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair
     cols = F.unfold(x, weight.shape[2:], padding=pad, stride=stride)  # (N, C·Kh·Kw, L)
     out = x.new_empty(n, c_out, *out_hw)
     # Written into a fresh tensor (not returned as a view of the GEMM), so in-place ops may follow.
-    torch.matmul(weight.reshape(c_out, -1), cols, out=out.view(n, c_out, -1))  # (N, C_out, L)
+    torch.matmul(weight.reshape(c_out, -1), cols, out=out.view(n, c_out, out_hw[0] * out_hw[1]))  # (N, C_out, L)
     if bias is not None:
         out += bias.view(1, c_out, 1, 1)
     return out, cols
@@ -136,7 +136,7 @@ def _unfold_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair
 def _unfold_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
     weight, cols = ctx.saved_tensors
     c_out = ctx.weight_shape[0]
-    dy = grad_out.reshape(grad_out.shape[0], c_out, -1)  # (N, C_out, L)
+    dy = grad_out.reshape(grad_out.shape[0], c_out, ctx.out_hw[0] * ctx.out_hw[1])  # (N, C_out, L); N may be 0
     grad_input = grad_weight = None
     if ctx.needs_input_grad[0]:
         grad_cols = weight.reshape(c_out, -1).t().matmul(dy)  # (N, C·Kh·Kw, L)

@@ -78,6 +78,14 @@ def test_manual_path_equals_fused_path_in_float32(subject, g):
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["manual", "fused"])
+def test_attention_maps_an_empty_batch_to_an_empty_batch(subject, fused):
+    attn = need(subject, "Attention")(8, num_heads=2)
+    if hasattr(attn, "fused_attn"):
+        attn.fused_attn = fused
+    assert attn(torch.randn(0, 3, 4, 8)).shape == (0, 3, 4, 8)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["manual", "fused"])
 def test_attention_gradients_pass_gradcheck_in_float64(subject, fused):
     attn = need(subject, "Attention")(4, num_heads=2).double()
     flag_of(attn)

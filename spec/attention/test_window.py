@@ -173,3 +173,9 @@ def test_window_partition_rejects_non_positive_window_size(subject):
     ours_only(subject, "input validation")
     with pytest.raises(ValueError, match="window_size"):
         need(subject, "window_partition")(torch.zeros(1, 4, 4, 2), 0)
+
+
+def test_window_unpartition_rejects_non_positive_window_size(subject):
+    ours_only(subject, "input validation")
+    with pytest.raises(ValueError, match="window_size"):
+        need(subject, "window_unpartition")(torch.zeros(4, 2, 2, 8), 0, (4, 4), (4, 4))

@@ -302,3 +302,12 @@ def test_fast_algorithm_is_exact_when_the_batch_is_split_into_chunks(
         want = (ref, *torch.autograd.grad(ref, (x, w), g))
         for name, a, e in zip(("output", "grad input", "grad weight"), got, want, strict=True):
             assert _max_err(a, e) < 1e-10, f"stride {stride} channels_last={channels_last}: {name}"
+
+
+def test_an_empty_batch_gives_an_empty_output_like_torch(conv_fn: ConvFn) -> None:
+    x, w, b = ConvCase(1, 3, 4, 8, 7, 3, 3, 2, 1, True).tensors(torch.float64)
+    x = x.detach()[:0].requires_grad_()
+    y = conv_fn(x, w, b, 2, 1)
+    assert y.shape == F.conv2d(x, w, b, 2, 1).shape
+    y.sum().backward()
+    assert w.grad is not None and not w.grad.any(), "an empty batch contributes no weight gradient"
