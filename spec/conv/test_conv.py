@@ -247,14 +247,22 @@ def test_custom_conv2d_is_a_drop_in_for_nn_conv2d(subject: ModuleType) -> None:
     assert list(custom.state_dict()) == list(native.state_dict())
     assert {k: v.shape for k, v in custom.state_dict().items()} == {k: v.shape for k, v in native.state_dict().items()}
     custom.load_state_dict(native.state_dict())
-    for x in (torch.randn(3, 5, 11, 10), torch.randn(3, 5, 11, 10).contiguous(memory_format=torch.channels_last)):
-        x.requires_grad_()
-        y, y_ref = custom(x), native(x)
-        torch.testing.assert_close(y, y_ref)
-        # Same layout as nn.Conv2d: course code calls `.view` on conv outputs and gradients.
-        assert y.is_contiguous() == y_ref.is_contiguous(), f"output layout {y.stride()} vs {y_ref.stride()}"
-        (g,) = torch.autograd.grad(y.sum(), x)
-        assert g.is_contiguous() == x.is_contiguous(), f"grad_input layout {g.stride()} for input {x.stride()}"
+    x = torch.randn(3, 5, 11, 10, requires_grad=True)
+    y, y_ref = custom(x), native(x)
+    torch.testing.assert_close(y, y_ref)
+    # Course code calls `.view` on conv outputs and gradients: an NCHW input must give NCHW-contiguous tensors.
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert y.is_contiguous() and g.is_contiguous(), f"output strides {y.stride()}, grad_input strides {g.stride()}"
+
+
+def test_custom_conv2d_keeps_a_channels_last_layout_like_nn_conv2d(subject: ModuleType) -> None:
+    ours_only(subject, "channels-last layout propagation")
+    custom = need(subject, "CustomConv2d")(5, 7, kernel_size=3, stride=1, padding=1)
+    x = torch.randn(3, 5, 11, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = custom(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    for name, t in (("output", y), ("grad_input", g)):
+        assert t.is_contiguous(memory_format=torch.channels_last), f"{name} strides {t.stride()} are not NHWC"
 
 
 def test_custom_conv2d_init_has_nn_conv2d_bounds(subject: ModuleType) -> None:
