@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from impl.attack import eval_mode, pgd
 from impl.data import IMAGENET_MEAN, IMAGENET_STD
-from impl.train import ExtraEval, Perturb, evaluate
+from impl.train import ExtraEval, Perturb, autocast, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +82,6 @@ class AdvTrainConfig:
         return 2.5 * self.eps / self.eval_steps
 
 
-def _autocast(images: Tensor, amp: str):
-    if amp == "off":
-        return nullcontext()
-    return torch.autocast(images.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 def make_perturb(
     cfg: AdvTrainConfig, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> Perturb:
@@ -96,7 +89,7 @@ def make_perturb(
     steps = cfg.steps if cfg.method == "pgd" else 1
 
     def perturb(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-        with _autocast(images, cfg.amp):
+        with autocast(images.device, cfg.amp):
             adv = pgd(
                 model, images, labels, eps=cfg.eps, alpha=cfg.step_size, steps=steps, random_start=True,
                 mean=mean, std=std,

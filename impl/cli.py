@@ -591,9 +591,8 @@ def robustness_report(
     class_names: Sequence[str] | None = None,
 ) -> tuple[RobustnessReport, str]:
     """Evaluate, draw the first batch's figures, write `<run_dir>/attack.md`; returns (report, main attack's name)."""
-    from contextlib import nullcontext
-
     from impl.attack import default_specs, evaluate_robustness, sweep_specs
+    from impl.train import autocast
     from impl.viz import log_image_grids, save_attack_figures
 
     try:
@@ -622,9 +621,7 @@ def robustness_report(
             log.info("wrote Image/Org_Image and Image/Adv_Image to TensorBoard in %s", run_dir)
 
     log.info("Generating adversarial samples for the model ..")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    with autocast:
+    with autocast(device, amp):
         report = evaluate_robustness(
             model, val_loader, specs, device, max_batches=max_batches, progress=progress, on_batch=on_batch
         )

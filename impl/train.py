@@ -281,7 +281,8 @@ class _Meter:
         return {"loss": loss_sum / n, "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n}
 
 
-def _autocast(device: torch.device, amp: str) -> AbstractContextManager:
+def autocast(device: torch.device, amp: str) -> AbstractContextManager:
+    """The `--amp` setting as a context: nothing for "off", else torch.autocast in bf16 or fp16 on `device`."""
     if amp == "off":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
@@ -328,7 +329,7 @@ def train_one_epoch(
         target = target.to(device, non_blocking=True)
         if perturb is not None:
             images = perturb(perturb_model or model, images, target).detach()
-        with _autocast(device, cfg.amp):
+        with autocast(device, cfg.amp):
             output = model(images)
             loss = F.cross_entropy(output, target)
         _stop_if_diverged(loss, epoch, i, n_iters, info, device, last_good)
@@ -391,7 +392,7 @@ def _stop_if_diverged(
 
 @torch.no_grad()
 def _forward_eval(model: nn.Module, images: Tensor, flip: bool, device: torch.device, amp: str) -> Tensor:
-    with _autocast(device, amp):
+    with autocast(device, amp):
         output = model(images).float()
         if flip:  # the course's test-time augmentation: average with the mirrored image
             output = 0.5 * (output + model(torch.flip(images, dims=(3,))).float())
