@@ -427,8 +427,9 @@ class CustomConv2DFunction(Function):
         return _backward(ctx, grad_output)
 
 
-class FastConv2DFunction(Function):
-    """The fast algorithm behind the same signature (see the module docstring)."""
+class FastConv2DFunction(CustomConv2DFunction):
+    """The fast algorithm behind the same signature (see the module docstring); backward is shared, dispatched on
+    the algorithm recorded in ctx."""
 
     @staticmethod
     def forward(
@@ -440,11 +441,6 @@ class FastConv2DFunction(Function):
         padding: int | Pair = 0,
     ) -> Tensor:
         return _forward(ctx, "fast", input_feats, weight, bias, stride, padding)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
-        return _backward(ctx, grad_output)
 
 
 _FUNCTIONS: dict[str, type[Function]] = {"unfold": CustomConv2DFunction, "fast": FastConv2DFunction}
