@@ -3,8 +3,9 @@
 Promises (spec: spec/attention/):
 - `Attention` computes softmax(Q·Kᵀ·scale)·V per head, merges the heads and applies `proj`. The explicit (manual) and
   the fused (`F.scaled_dot_product_attention`) computation sit behind one flag, `fused_attn`, and agree to float32
-  rounding; fused is the default: 1.4x (8x8 grid) to 1.8x (32x32) faster forward+backward on CPU (bench/attention),
-  and on CUDA it dispatches to the flash / memory-efficient kernels, which never store the L×L matrix.
+  rounding; fused is the default: on CPU it is no slower on the 8×8 grid and about 2× faster at 32×32
+  (reports/attention.md, `nox -s bench`), and on CUDA it dispatches to the flash / memory-efficient kernels, which
+  never store the L×L matrix.
 - `window_partition` / `window_unpartition` follow ViTDet: zero-pad bottom/right to multiples of the window, split into
   (B·nW, ws, ws, C) windows; unpartition puts them back and crops, so the round trip is the identity.
 - `TransformerBlock` is Pre-LN, `x + drop_path(attn(norm1(x)))` then `x + drop_path(mlp(norm2(x)))`, with windowed

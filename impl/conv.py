@@ -18,33 +18,14 @@ Two exact algorithms, chosen by one switch, `algorithm`:
   * stride > 1 (the 7×7/2 stem): channels-last im2col as a strided view in batch chunks under
     ``COLUMN_BUDGET_BYTES``, one GEMM per chunk, recomputed in backward (col2im only when the input needs a grad).
 
-  Measured on a shared 2-thread AMD EPYC (torch 2.14.1, MKL GEMMs), batch 32 at 128×128, fast / native
-  fwd+bwd time, interleaved 7× in one process, medians, two runs (before: the im2col + col2im version this replaced):
+  Layout: the output and grad_input keep the input's layout, as ``F.conv2d`` does (course code calls ``.view`` on
+  conv outputs), so an NCHW network pays a layout copy per layer; a channels-last model and input avoid it.
 
-  =====================  ===========  ===========
-  layer                  before       after
-  =====================  ===========  ===========
-  3→64 7×7/2 @128        2.08–2.87×   1.79–2.65×
-  64→64 1×1 @32          1.09–1.59×   0.95–1.36×
-  64→64 3×3 @32          2.88–3.59×   1.73–1.74×
-  64→256 1×1 @32         0.74–0.79×   0.70–0.94×
-  256→128 1×1 @16        0.69–0.75×   0.64–0.83×
-  128→128 3×3 @16        1.90–2.54×   1.80–2.00×
-  128→512 1×1 @16        0.89–0.95×   0.82–0.90×
-  SimpleNet SGD step     1.27–1.57×   1.09–1.12×
-  =====================  ===========  ===========
-
-  Those numbers let activations flow channels-last from layer to layer. The output now keeps the input's layout, as
-  ``F.conv2d`` does (course code calls ``.view`` on conv outputs), so an NCHW network pays a layout copy per layer;
-  feed a channels-last model and input to avoid it. reports/conv.md holds the current NCHW numbers.
-
-  What limits it: the GEMMs themselves. On this CPU ``torch.mm`` (MKL) runs these shapes 1.3–2× slower than the
-  oneDNN kernels behind ``F.conv2d``, so 3×3 layers and the stem cannot reach native speed with any layout; 1×1
-  layers (one GEMM, no copy) beat native, and a whole step lands near 1.1×. Memory: the step's peak of live
-  tensors (glibc ``mallinfo2`` after every aten op) equals native's, 182.8 MiB above model and data, reached at the
-  first ReLU backward before any convolution backward runs; every transient (padded copies, grids ≤ 1.27× a
-  layer's tensors, chunks ≤ ``COLUMN_BUDGET_BYTES``) stays below it. (The subprocess RSS probe, which counts pages
-  touched beyond those the warm-up step left resident, read native 132–184 MiB, before 127–182, after 50–110.)
+  Speed and memory against native are in reports/conv.md (``nox -s bench``). What limits speed on CPU is the GEMMs:
+  ``torch.mm`` (MKL) runs these shapes slower than the oneDNN kernels behind ``F.conv2d``, so 3×3 layers and the
+  stem stay behind native in any layout, while 1×1 layers (one GEMM) can beat it. Peak memory of a training step
+  equals native's: the saved state is the same (input + weight), and every transient (padded copies, grids,
+  chunks ≤ ``COLUMN_BUDGET_BYTES``) stays below the activations' peak at the first ReLU backward.
 
 No convolution function is used inside: only unfold/fold, strided views, matmul and elementwise ops.
 """
