@@ -173,11 +173,6 @@ class PGDAttack:
         self.mean = tuple(mean)
         self.std = tuple(std)
 
-    def least_confident(self, model: nn.Module, input: Tensor) -> Tensor:
-        """The label each clean input gives the lowest score: the target of `perturb`."""
-        with eval_mode(model), torch.no_grad():
-            return model(input).argmin(dim=1)
-
     def perturb(self, model: nn.Module, input: Tensor) -> Tensor:
         """Return adversarial samples for `input` (normalized, (B, C, H, W)) toward its least confident labels."""
         _no_inference_mode("PGDAttack.perturb")
