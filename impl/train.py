@@ -10,8 +10,9 @@ Promises:
 - A non-finite loss stops training with `TrainingDiverged` naming the epoch and iteration; the checkpoint of the last
   complete epoch stays on disk.
 - Under `torch.distributed` (torchrun) the model is wrapped in DistributedDataParallel, every rank sees its shard of the
-  same permutation, metrics are summed across ranks and only rank 0 writes files. With BatchNorm-free models, N ranks
-  equal one process with the same global batch.
+  same permutation, metrics are summed across ranks and only rank 0 writes files. BatchNorm uses the global batch's
+  statistics (`sync_bn`), no sample is padded in, and each val image is evaluated once, so N ranks equal one process
+  with the same global batch.
 
 Adversarial training plugs in from a higher room without this one importing it: `fit(perturb=...)` replaces each
 training batch by `perturb(model, images, labels)`, `extra_evals` add named metrics to each epoch's row, and
@@ -21,6 +22,7 @@ training batch by `perturb(model, images, labels)`, `extra_evals` add named metr
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -29,11 +31,11 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -63,51 +65,96 @@ class CheckpointError(RuntimeError):
     """A checkpoint file cannot be read or lacks what is needed; the message names the file."""
 
 
+class WeightsMismatch(CheckpointError):
+    """A checkpoint's tensors do not fit the model: another architecture, or another class count (`classes` holds
+    the checkpoint's and the model's head sizes when only those differ)."""
+
+    def __init__(self, message: str, *, arch: str, classes: tuple[int, int] | None) -> None:
+        super().__init__(message)
+        self.arch, self.classes = arch, classes
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is training into the same run folder (it holds the folder's lock file)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `fit`; `checkpoint` is the last committed state to resume from (None: no epoch completed)."""
+
+    def __init__(self, checkpoint: Path | None, reason: str = "") -> None:
+        super().__init__(f"{reason or 'interrupted'} (last checkpoint: {checkpoint})")
+        self.checkpoint = checkpoint
+
+
+class ConfigError(ValueError):
+    """A TrainConfig field out of range; `field` names it, so a command line can name the flag that set it."""
+
+    def __init__(self, field: str, requirement: str, value: Any) -> None:
+        super().__init__(f"TrainConfig.{field} must be {requirement}, got {value!r}")
+        self.field, self.requirement, self.value = field, requirement, value
+
+
+# the course main.py's flag for each TrainConfig field it sets (messages name the flag, not the field)
+COURSE_FLAGS = {
+    "epochs": "--epochs",
+    "warmup": "--warmup",
+    "batch_size": "-b",
+    "lr": "--lr",
+    "momentum": "--momentum",
+    "weight_decay": "--wd",
+    "clip_grad": "--clip-grad",
+    "workers": "-j",
+    "print_freq": "-p",
+    "seed": "--seed",
+    "amp": "--amp",
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run (saved as config.json and inside every checkpoint)."""
 
     model_arch: str = "simplenet"  # written to checkpoints under the course key `model_arch`
     epochs: int = 90  # total epochs, counting those before a resume
-    warmup: int = 5  # epochs of linear warmup
+    warmup: int = 5  # epochs of linear warmup; >= epochs makes the whole run warmup, as in the course
     batch_size: int = 256  # global images per optimizer step (split evenly over ranks)
     val_batch_size: int = 100  # images per evaluation batch, per rank
     lr: float = 0.1  # peak learning rate, reached at the end of warmup
     eta_min: float = 1e-8  # learning rate at the start of warmup and at the end of the cosine
     momentum: float = 0.9  # SGD momentum (ignored by AdamW)
     weight_decay: float = 1e-4
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # adam: L2 weight decay; adamw: decoupled (the ViT's)
     clip_grad: float = 0.0  # max gradient norm; 0 disables (the course clips the ViT only, at 1.0)
     workers: int = 4  # data-loading processes per rank
     print_freq: int = 10  # iterations between course-format log lines and TensorBoard points
     seed: int = 2022  # the course's fixed seed
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype; fp16 needs CUDA (it uses a GradScaler)
     compile: bool = False  # torch.compile the model
+    sync_bn: bool = True  # under DDP, BatchNorm normalizes with the global batch's statistics (impl/sync_bn.py)
     val_flip: bool = False  # average logits with the horizontally flipped image during per-epoch validation
     best_metric: str = "val_top1"  # the epoch-row key (higher is better) that selects model_best.pth.tar
     tensorboard: bool = True  # write TensorBoard scalars with the course tags
     plots: bool = True  # redraw curves.png every epoch
 
     def __post_init__(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "val_batch_size": self.val_batch_size}
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {value}")
-        if self.warmup < 0 or self.warmup > self.epochs:
-            raise ValueError(f"TrainConfig.warmup must be in [0, epochs={self.epochs}], got {self.warmup}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if not 0 <= self.eta_min < self.lr:
-            raise ValueError(f"TrainConfig.eta_min must be in [0, lr={self.lr}), got {self.eta_min}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"TrainConfig.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.amp not in ("off", "bf16", "fp16"):
-            raise ValueError(f"TrainConfig.amp must be 'off', 'bf16' or 'fp16', got {self.amp!r}")
-        if self.clip_grad < 0 or self.workers < 0 or self.print_freq < 1:
-            raise ValueError(
-                f"TrainConfig needs clip_grad >= 0, workers >= 0, print_freq >= 1; got clip_grad={self.clip_grad}, "
-                f"workers={self.workers}, print_freq={self.print_freq}"
-            )
+        rules: list[tuple[str, bool, str]] = [  # (field, holds, requirement)
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("val_batch_size", self.val_batch_size >= 1, ">= 1"),
+            ("warmup", self.warmup >= 0, ">= 0"),
+            ("lr", self.lr > 0, "> 0"),
+            ("eta_min", 0 <= self.eta_min < self.lr, f"in [0, lr={self.lr})"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("optimizer", self.optimizer in ("sgd", "adam", "adamw"), "'sgd', 'adam' or 'adamw'"),
+            ("amp", self.amp in ("off", "bf16", "fp16"), "'off', 'bf16' or 'fp16'"),
+            ("clip_grad", self.clip_grad >= 0, ">= 0 (0 disables clipping)"),
+            ("workers", self.workers >= 0, ">= 0 (0 loads in the main process)"),
+            ("print_freq", self.print_freq >= 1, ">= 1"),
+        ]
+        for name, holds, requirement in rules:
+            if not holds:
+                raise ConfigError(name, requirement, getattr(self, name))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -115,12 +162,14 @@ class TrainConfig:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> Optimizer:
-    """SGD with momentum (CNNs, ResNet) or AdamW (ViT), as the course sets them up."""
+    """SGD with momentum (CNNs, ResNet) or AdamW (ViT), as the course sets them up; Adam for the seed's CustomNet."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
@@ -138,8 +187,8 @@ class WarmupCosineLR(LRScheduler):
     def __init__(
         self, optimizer: Optimizer, warmup_steps: int, total_steps: int, eta_min: float = 1e-8, last_epoch: int = -1
     ) -> None:
-        if not 0 <= warmup_steps <= total_steps or total_steps < 1:
-            raise ValueError(f"need 0 <= warmup_steps <= total_steps, >= 1; got {warmup_steps}, {total_steps}")
+        if warmup_steps < 0 or total_steps < 1:  # warmup past the end is the course's all-warmup run
+            raise ValueError(f"need warmup_steps >= 0 and total_steps >= 1; got {warmup_steps}, {total_steps}")
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.eta_min = eta_min
@@ -196,8 +245,30 @@ def _seed_epoch(cfg: TrainConfig, epoch: int, info: DistInfo, loader: DataLoader
     """Make epoch `epoch` depend on (seed, epoch, rank) only, so a resumed run replays it exactly."""
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
+    if isinstance(loader.dataset, SampleSeeded):  # workers are forked when the epoch's iterator starts: they see it
+        loader.dataset.epoch = epoch
     # workers draw their base seed from the global generator when the iterator starts, so this fixes them too
     seed_everything(cfg.seed + 1009 * (epoch + 1) + info.rank)
+
+
+class SampleSeeded(Dataset):
+    """`dataset[i]` read under a torch seed that is a function of (seed, epoch, i), in a forked RNG state.
+
+    So each sample's augmentation depends on those three numbers only: not on which process reads it, in what order,
+    or what was drawn before. `-j 0` and `-j 4` give bit-identical batches, as do N ranks and one process, and the
+    main process's own random stream (dropout, drop-path) is the same whatever the worker count.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 100_000_007 + index) % 2**63)
+            return self.dataset[index]
 
 
 class ShardSampler(Sampler[int]):
@@ -217,14 +288,23 @@ def make_train_loader(
     dataset: Dataset, cfg: TrainConfig, *, info: DistInfo | None = None, pin_memory: bool = False
 ) -> DataLoader:
     """Shuffled, drop-last batches of batch_size / world_size per rank, one permutation of (seed, epoch) shared by all
-    ranks, so the ranks' batches together are the single-process batch."""
+    ranks, so the ranks' batches together are the single-process batch. Augmentation is seeded per sample
+    (`SampleSeeded`), so the batches do not depend on `cfg.workers`."""
     info = info or dist_info()
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} does not split evenly over {info.world_size} ranks")
     per_rank = cfg.batch_size // info.world_size
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed)
+    # drop_last: no padding; the ranks' tails are dropped exactly where one process's incomplete last batch is
+    sampler = DistributedSampler(
+        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True
+    )
     loader = DataLoader(
-        dataset, per_rank, sampler=sampler, num_workers=cfg.workers, pin_memory=pin_memory, drop_last=True
+        SampleSeeded(dataset, cfg.seed),
+        per_rank,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        pin_memory=pin_memory,
+        drop_last=True,
     )
     if len(loader) == 0:
         raise ValueError(
@@ -451,16 +531,29 @@ def evaluate(
 # checkpoints
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves a half-written checkpoint."""
+TMP_GLOB = ".*.tmp"  # the temporary files of atomic writes; one a kill left behind is removed by the next fit
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """`write(fh)` into a hidden temporary file beside `path`, fsync, rename: a crash never leaves a half-written
+    file under `path`. An OSError (a full disk, a read-only folder) names `path`, not the temporary file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:  # on disk before the rename, or a power cut can leave an empty file under `path`
-            os.fsync(fh.fileno())
+        with open(tmp, "wb") as fh:
+            write(fh)  # torch.save into an open file raises the OSError of a failed write itself, not an enforce
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the rename, or a power cut can leave an empty file under `path`
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno is None or exc.filename == str(path):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    _atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def save_checkpoint(state: Mapping[str, Any], models_dir: Path, *, is_best: bool) -> Path:
@@ -491,12 +584,32 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors have many types; the file is the culprit either way
-        raise CheckpointError(f"{path} is not a readable checkpoint: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(f"{path} is not a readable checkpoint: {_load_failure(exc)}") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        keys = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} has no 'state_dict' (found {keys})")
+    if not isinstance(ckpt["state_dict"], Mapping):
+        raise CheckpointError(f"{path}: 'state_dict' is a {type(ckpt['state_dict']).__name__}, not a dict of tensors")
     ckpt["state_dict"] = clean_state_dict(ckpt["state_dict"])
+    _check_finite(path, ckpt["state_dict"])
     return ckpt
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's error in a few words (its own text can run to a page and ends in a documentation URL)."""
+    if "Unsupported global" in str(exc):  # the weights-only unpickler met a class or a function
+        return "it holds Python objects other than tensors, which are not loaded (they could run code)"
+    return f"not a file written by torch.save, or a truncated or corrupt one ({type(exc).__name__})"
+
+
+def _check_finite(path: Path, state_dict: Mapping[str, Any]) -> None:
+    """A NaN or inf weight makes every number computed from it meaningless: refuse the file, naming the tensor."""
+    for key, value in state_dict.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{path}: tensor {key!r} holds {bad} NaN/inf value(s) of {value.numel()} (did the run diverge?)"
+            )
 
 
 def clean_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -511,14 +624,36 @@ def clean_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_weights(model: nn.Module, ckpt: Mapping[str, Any], path: Path | str = "checkpoint") -> None:
-    """Load `ckpt["state_dict"]` strictly; a mismatch names the file and the differing keys."""
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        arch = ckpt.get("model_arch", "?")
-        raise CheckpointError(
-            f"{path} (model_arch={arch!r}) does not fit {type(model).__name__}: {str(exc)[:600]}"
-        ) from exc
+    """Load `ckpt["state_dict"]` strictly; a mismatch is a one-line `WeightsMismatch` saying what the file holds
+    (architecture, class count) and what the model is."""
+    state, want = ckpt["state_dict"], model.state_dict()
+    arch = str(ckpt.get("model_arch", "?"))
+    held = f"{path} holds model_arch={arch!r} weights ({_head_size(state)} classes)"
+    missing, unexpected = [k for k in want if k not in state], [k for k in state if k not in want]
+    if missing or unexpected:
+        raise WeightsMismatch(
+            f"{held}, not {type(model).__name__} weights: {len(missing)} of its tensors missing (first "
+            f"{missing[:2]}), {len(unexpected)} unexpected (first {unexpected[:2]})",
+            arch=arch,
+            classes=None,
+        )
+    shapes = {k: (tuple(state[k].shape), tuple(want[k].shape)) for k in want if state[k].shape != want[k].shape}
+    heads = {(a[0], b[0]) for a, b in shapes.values() if a[1:] == b[1:]}
+    if shapes:
+        classes = heads.pop() if len(heads) == 1 and all(a[1:] == b[1:] for a, b in shapes.values()) else None
+        detail = (
+            f"a {classes[0]}-way head, the {type(model).__name__} here has {classes[1]} classes"
+            if classes
+            else "shapes differ: " + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in list(shapes.items())[:3])
+        )
+        raise WeightsMismatch(f"{held} that do not fit: {detail}", arch=arch, classes=classes)
+    model.load_state_dict(state)
+
+
+def _head_size(state: Mapping[str, Any]) -> int | str:
+    """The class count of a classifier's state dict: the rows of its last 2-D weight (the linear head), or '?'."""
+    weights = [v for k, v in state.items() if k.endswith("weight") and isinstance(v, Tensor) and v.ndim == 2]
+    return int(weights[-1].shape[0]) if weights else "?"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -540,7 +675,8 @@ class RunLog:
         self.run_dir = run_dir
         self.cfg = cfg
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        config = (json.dumps(asdict(cfg), indent=2) + "\n").encode()
+        _atomic_write(run_dir / "config.json", lambda fh: fh.write(config))
         self.metrics_path = run_dir / "metrics.csv"
         self.rows = self._read_rows(start_epoch)
         self.writer = None
@@ -550,26 +686,25 @@ class RunLog:
             self.writer = SummaryWriter(str(run_dir))
 
     def _read_rows(self, start_epoch: int) -> list[dict[str, float]]:
-        """Rows of earlier epochs (a resumed run); rows past the checkpoint, from a killed run, are dropped."""
+        """Rows of earlier epochs (a resumed run). Rows past the checkpoint (a killed run's, or a finished run's when
+        an older snapshot is resumed) are left in the file until the first new row replaces them: the file is never
+        cut before the epoch that supersedes them is written."""
         if not self.metrics_path.is_file():
             return []
         with self.metrics_path.open(newline="") as fh:
             rows = [{k: _number(k, v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
-        rows = [r for r in rows if r.get("epoch", 0) <= start_epoch]
-        self._write_csv(rows)
-        return rows
+        kept = [r for r in rows if r.get("epoch", 0) <= start_epoch]
+        if len(kept) < len(rows):
+            log.info("%s: the rows of epochs %d-%d will be replaced as this run redoes them", self.metrics_path,
+                     start_epoch + 1, max(r.get("epoch", 0) for r in rows))  # fmt: skip
+        return kept
 
     def _write_csv(self, rows: list[dict[str, float]]) -> None:
-        if not rows:
-            self.metrics_path.unlink(missing_ok=True)
-            return
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        tmp = self.metrics_path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.metrics_path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+        _atomic_write(self.metrics_path, lambda fh: fh.write(text.getvalue().encode()))
 
     def step(self, step: int, loss: float, lr: float) -> None:
         if self.writer is not None:
@@ -623,6 +758,46 @@ def plot_curves(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
     return path
 
 
+LOCK_NAME = ".lock"
+
+
+@contextmanager
+def lock_run_folder(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on `<run_dir>/.lock` (the OS drops it if the process dies), so two trainings never
+    write one run folder: the second raises `RunFolderBusy` at once instead of mixing its epochs with the first's."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_NAME, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise RunFolderBusy(
+                f"run folder {run_dir} is in use by another training (pid {holder}): wait for it to end, or train "
+                "into another folder"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the hidden `.*.tmp` files an interrupted atomic write left in `run_dir` and its models/ (call it while
+    holding the folder's lock: then no live writer owns them). Returns what was removed."""
+    stale = [p for folder in (run_dir, run_dir / "models") for p in sorted(folder.glob(TMP_GLOB)) if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted write", path)
+    return stale
+
+
 def new_run_dir(out: Path, model_arch: str) -> Path:
     """`<out>/<YYYYmmdd-HHMMSS>-<arch>` (no spaces or colons), with a numeric suffix if that name is taken."""
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{model_arch}".replace(" ", "_").replace(":", "-")
@@ -655,6 +830,7 @@ def fit(
     device: torch.device,
     run_dir: Path | None = None,
     resume: str | os.PathLike[str] | None = None,
+    start_epoch: int = 0,
     perturb: Perturb | None = None,
     extra_evals: Sequence[ExtraEval] = (),
     progress: bool = False,
@@ -662,9 +838,45 @@ def fit(
     """Train `model` for epochs [start, cfg.epochs), validating and checkpointing after each one.
 
     `run_dir` receives config.json, metrics.csv, TensorBoard events, curves.png and models/ (rank 0 only; None writes
-    nothing). `resume` continues from a checkpoint (its epoch count, weights, optimizer, scheduler and best score).
-    The model must already be on `device`; under an initialized process group it is wrapped in DDP here.
+    nothing); rank 0 holds its lock (`lock_run_folder`) throughout and first removes temporaries a kill left there.
+    `resume` continues from a checkpoint (its epoch count, weights, optimizer, scheduler and best score); without
+    it, `start_epoch` epochs count as done (the course's `--start-epoch`: numbering and schedule start there). A
+    resumed run that is already complete trains nothing and writes nothing. The model must already be on `device`;
+    under an initialized process group it is wrapped in DDP here. Ctrl-C raises `TrainingInterrupted` naming the
+    last committed checkpoint.
     """
+    if not 0 <= start_epoch <= cfg.epochs:
+        raise ValueError(f"start_epoch must be in [0, epochs={cfg.epochs}], got {start_epoch}")
+    result = FitResult(start_epoch=start_epoch)
+    with ExitStack() as stack:
+        if run_dir is not None and dist_info().is_main:
+            stack.enter_context(lock_run_folder(run_dir))
+            remove_stale_temporaries(run_dir)
+        try:
+            return _fit(model, train_loader, val_loader, cfg, result, device=device, run_dir=run_dir, resume=resume,
+                        perturb=perturb, extra_evals=extra_evals, progress=progress)  # fmt: skip
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, TrainingInterrupted):
+                raise
+            last = result.checkpoint or (Path(resume) if resume is not None else None)
+            raise TrainingInterrupted(last, str(exc)) from exc
+
+
+def _fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    cfg: TrainConfig,
+    result: FitResult,
+    *,
+    device: torch.device,
+    run_dir: Path | None,
+    resume: str | os.PathLike[str] | None,
+    perturb: Perturb | None,
+    extra_evals: Sequence[ExtraEval],
+    progress: bool,
+) -> FitResult:
+    """`fit`'s body; fills `result` as it goes, so an interrupt still knows the last checkpoint."""
     info = dist_info()
     optimizer = build_optimizer(model, cfg)
     iters = len(train_loader)
@@ -673,9 +885,13 @@ def fit(
         raise ValueError(f"--amp fp16 needs a CUDA device, the device is {device}; use bf16 or no amp")
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
 
-    result = FitResult()
     if resume is not None:
         result.start_epoch, result.best_score = _restore(Path(resume), model, optimizer, scheduler, scaler, iters, cfg)
+    elif result.start_epoch > 0:
+        scheduler.fast_forward(result.start_epoch * iters)
+    if result.start_epoch >= cfg.epochs:
+        log.info("nothing to train: %d of %d epochs are done", result.start_epoch, cfg.epochs)
+        return result
     models_dir = run_dir / "models" if run_dir is not None else None
     runlog = RunLog(run_dir, cfg, start_epoch=result.start_epoch) if run_dir is not None and info.is_main else None
     if runlog is not None:
@@ -686,6 +902,10 @@ def fit(
 
     net: nn.Module = torch.compile(model) if cfg.compile else model
     if info.world_size > 1:
+        if cfg.sync_bn:
+            from impl.sync_bn import convert_sync_batchnorm
+
+            convert_sync_batchnorm(model, device)
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     try:
         for epoch in range(result.start_epoch, cfg.epochs):
@@ -763,7 +983,7 @@ def _restore(
     load_weights(model, ckpt, path)
     if "optimizer" not in ckpt:
         raise CheckpointError(f"{path} has no optimizer state (a model_best file?); resume from {CHECKPOINT_NAME}")
-    _check_schedule_matches(path, ckpt.get("config") or {}, cfg)
+    _check_schedule_matches(path, ckpt, cfg)
     optimizer.load_state_dict(ckpt["optimizer"])
     epoch = int(ckpt.get("epoch", 0))
     # the schedule is closed-form, so the step count is all it needs; a course checkpoint has no scheduler state (nor
@@ -782,14 +1002,24 @@ def _restore(
     return epoch, best
 
 
-# the settings that fix the step count per epoch and the shape of the schedule, with the flag that sets each
-_SCHEDULE_FLAGS = {"batch_size": "-b", "epochs": "--epochs", "warmup": "--warmup", "lr": "--lr"}
+# what a resume restores and must not silently change: the step count per epoch and the schedule's shape (the
+# scheduler's step count only means the same thing under the same schedule), and the hyperparameters the restored
+# optimizer carries in its param groups (a new value would be written to config.json but not used)
+RESUME_FIXED = ("batch_size", "epochs", "warmup", "lr", "weight_decay", "momentum")
 
 
-def _check_schedule_matches(path: Path, saved: Mapping[str, Any], cfg: TrainConfig) -> None:
-    """A resume restores the scheduler's step count, which only means the same thing under the same schedule."""
-    for name, flag in _SCHEDULE_FLAGS.items():
+def _check_schedule_matches(path: Path, ckpt: Mapping[str, Any], cfg: TrainConfig) -> None:
+    """Refuse a resume whose RESUME_FIXED settings differ from the checkpoint's (its saved config, or for a course
+    checkpoint the optimizer's param group), naming the flag and the value that resumes it."""
+    saved = dict(ckpt.get("config") or {})
+    if not saved:  # a course checkpoint: its optimizer state still knows the decay and momentum it ran with
+        groups = (ckpt.get("optimizer") or {}).get("param_groups") or [{}]
+        saved = {k: groups[0][k] for k in ("weight_decay", "momentum") if k in groups[0]}
+    if cfg.optimizer != "sgd":
+        saved.pop("momentum", None)  # Adam and AdamW have no momentum setting: the flag is unused
+    for name in RESUME_FIXED:
         if name in saved and saved[name] != getattr(cfg, name):
+            flag = COURSE_FLAGS[name]
             raise CheckpointError(
                 f"checkpoint {path} was trained with {name}={saved[name]}; this run has {flag} {getattr(cfg, name)}: "
                 f"pass {flag} {saved[name]} to resume it"

@@ -89,7 +89,17 @@ def test_sgd_for_cnns_and_adamw_for_the_vit_with_the_course_hyperparameters():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("epochs", 0), ("warmup", 91), ("lr", 0.0), ("optimizer", "adam"), ("amp", "fp8"), ("batch_size", 0)],
+    [
+        ("epochs", 0),
+        ("warmup", -1),
+        ("lr", 0.0),
+        ("optimizer", "sgdm"),
+        ("amp", "fp8"),
+        ("batch_size", 0),
+        ("workers", -1),
+        ("momentum", 1.5),
+        ("weight_decay", -1e-4),
+    ],
 )
 def test_config_rejects_bad_values_naming_the_field(field: str, value):
     with pytest.raises(ValueError, match=field):
