@@ -78,8 +78,10 @@ def _channel_stats(images: Tensor, mean: Sequence[float], std: Sequence[float], 
         raise ValueError(f"{who}: std must be positive, got {tuple(std)}")
     m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    if images.numel() == 0:  # an empty batch has no pixels to check (and amin() of nothing raises)
+        return m, s
     pixels = images.detach() * s + m
-    lo, hi = torch.stack([pixels.amin(), pixels.amax()]).tolist()  # one device sync, not two
+    lo, hi = torch.stack([pixels.amin(), pixels.amax()]).tolist()  # one device sync per attack call, not per step
     if lo < -_PIXEL_SLACK or hi > 1 + _PIXEL_SLACK:
         raise ValueError(
             f"{who}: images de-normalized with mean={tuple(mean)} std={tuple(std)} span pixels [{lo:.4g}, {hi:.4g}], "
@@ -112,27 +114,39 @@ def _no_inference_mode(who: str) -> None:
         raise RuntimeError(f"{who}: attacks need autograd; call them outside torch.inference_mode() (no_grad is fine)")
 
 
-def _input_grad(model: nn.Module, x: Tensor, loss_of_logits: Callable[[Tensor], Tensor]) -> Tensor:
-    """∂loss/∂x only: parameters get no gradient (neither computed nor written to `.grad`); the graph is freed."""
-    x = x.detach().requires_grad_(True)
-    # Parameters are frozen for the step: autograd.grad(loss, x) already skips weight gradients of built-in ops, but a
-    # custom Function (CustomConv2d) only sees `needs_input_grad`, fixed at its forward, and would compute them anyway.
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters frozen for the whole attack (set once, not per step), their `requires_grad` given back after.
+
+    autograd.grad(loss, x) already skips weight gradients of built-in ops, but a custom Function (CustomConv2d) only
+    sees `needs_input_grad`, fixed at its forward, and would compute them anyway.
+    """
     frozen = [p for p in model.parameters() if p.requires_grad]
     try:
         for p in frozen:
             p.requires_grad_(False)
-        with torch.enable_grad():
-            loss = loss_of_logits(model(x))
-        grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
+        yield
     finally:
         for p in frozen:
             p.requires_grad_(True)
+
+
+def _input_grad(model: nn.Module, x: Tensor, loss_of_logits: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """(∂loss/∂x, the logits detached) from one forward and one input-only backward; the graph is freed.
+
+    Call it inside `_frozen(model)`: then no parameter gradient is computed or written to `.grad`.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        loss = loss_of_logits(logits)
+    grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
     if grad is None:
         raise RuntimeError(
             f"the loss of {type(model).__name__} does not depend differentiably on its input (a detach or a "
             "non-differentiable op on the way): gradient attacks cannot run on it"
         )
-    return grad
+    return grad, logits.detach()
 
 
 def _upcast(logits: Tensor) -> Tensor:
@@ -174,12 +188,21 @@ class PGDAttack:
         self.std = tuple(std)
 
     def perturb(self, model: nn.Module, input: Tensor) -> Tensor:
-        """Return adversarial samples for `input` (normalized, (B, C, H, W)) toward its least confident labels."""
+        """Return adversarial samples for `input` (normalized, (B, C, H, W)) toward its least confident labels.
+
+        An empty batch comes back as an empty copy. Each step is one forward and one input-only backward, updated in
+        place: the cost is `num_steps` × (forward + input backward), the floor of the algorithm (bench/attack/floor.py).
+        """
         _no_inference_mode("PGDAttack.perturb")
         m, s = _channel_stats(input, self.mean, self.std, "PGDAttack.perturb")
-        lo, hi = (0 - m) / s, (1 - m) / s  # (1, C, 1, 1): the valid normalized box
         clean = input.detach()
         output = clean.clone()
+        if clean.shape[0] == 0 or self.num_steps == 0:
+            return output
+        box_lo, box_hi = (0 - m) / s, (1 - m) / s  # (1, C, 1, 1): the valid normalized box
+        # clamp_box(clamp_ball(x)) == clamp(x, clamp_box(ball_lo), clamp_box(ball_hi)): one clamp a step, same values
+        lo = torch.min(torch.max(clean - self.epsilon, box_lo), box_hi)
+        hi = torch.min(torch.max(clean + self.epsilon, box_lo), box_hi)
         target: Tensor | None = None
 
         def target_loss(logits: Tensor) -> Tensor:
@@ -190,12 +213,11 @@ class PGDAttack:
             # zero (then sign() makes no step); a positive factor leaves every sign, hence the attack, unchanged.
             return self.loss_fn(_upcast(logits), target) * logits.shape[0]
 
-        with eval_mode(model):
+        with eval_mode(model), _frozen(model):
             for _ in range(self.num_steps):
-                grad = _input_grad(model, output, target_loss)
-                output = output - self.step_size * grad.sign()  # descend: make the target more likely
-                output = torch.min(torch.max(output, clean - self.epsilon), clean + self.epsilon)
-                output = torch.min(torch.max(output, lo), hi)
+                grad, _ = _input_grad(model, output, target_loss)
+                output.add_(grad.sign_(), alpha=-self.step_size)  # descend: make the target more likely
+                output.clamp_(lo, hi)
         return output
 
 
@@ -219,6 +241,7 @@ def pgd(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     generator: torch.Generator | None = None,
+    early_stop: bool = False,
 ) -> Tensor:
     """L∞ PGD in pixel units on normalized images (Madry et al. 2018); returns normalized adversarial images.
 
@@ -226,31 +249,42 @@ def pgd(
     `labels` read as targets. With `restarts > 1` each example keeps its worst restart: a successful one first (wrong
     label, or the target hit), then the one with the highest (untargeted) or lowest (targeted) loss.
     `generator` (on the images' device) draws the random start; None uses torch's global generator.
+
+    `early_stop` (untargeted only): an example the model already misclassifies at a step keeps its current image and
+    leaves the batch; only inputs still classified correctly are attacked further, so a step costs in proportion to
+    them. Its robust accuracy is never above the full run's (an example fooled at any step stays fooled, one never
+    fooled follows the full run's path), but the returned image is the first that fooled the model, not the one of
+    highest loss. Each step then reads one boolean back from the device (a host sync).
+
+    Cost: `steps` × (forward + input-only backward) per restart, updated in place; no other pass over the model.
     """
     who = "pgd"
     _no_inference_mode(who)
     _check_steps(who, steps)
     _check_steps(who, restarts, least=1, what="restarts")
     _check_budget(who, eps=eps, alpha=alpha)
+    if early_stop and targeted:
+        raise ValueError("pgd: early_stop applies to the untargeted attack only (targeted=True was given)")
     m, s = _channel_stats(images, mean, std, who)
     _check_labels(images, labels, who)
     clean = images.detach()
+    if clean.shape[0] == 0:
+        return clean.clone()
     pixels = (clean * s + m).clamp(0, 1)
-    lo, hi = -pixels, 1 - pixels  # the perturbations (pixel units) that keep every pixel in [0, 1]
+    # δ (pixel units) stays in [-ε, ε] ∩ [-pixel, 1 - pixel]; both contain 0. Kept as normalized bounds of x.
+    lo_px, hi_px = (-pixels).clamp_(min=-eps), (1 - pixels).clamp_(max=eps)
+    lo, hi = clean + lo_px / s, clean + hi_px / s
+    step = (-alpha if targeted else alpha) / s  # (1, C, 1, 1): α pixels in normalized units
     direction = -1.0 if targeted else 1.0
     best, best_success, best_loss = clean, None, None
-    with eval_mode(model):
+    with eval_mode(model), _frozen(model):
         for _ in range(restarts):
-            delta = torch.zeros_like(clean)
             if random_start:
-                delta = delta.uniform_(-eps, eps, generator=generator)
-                delta = torch.min(torch.max(delta, lo), hi)
-            for _ in range(steps):
-                grad = _input_grad(model, clean + delta / s, _summed_ce(labels))
-                # sign(∂L/∂δ) = sign(∂L/∂x / std) = sign(∂L/∂x): std > 0
-                delta = (delta + direction * alpha * grad.sign()).clamp(-eps, eps)
-                delta = torch.min(torch.max(delta, lo), hi)  # lo ≤ 0 ≤ hi: the ε bound survives the box
-            adv = clean + delta / s
+                delta = torch.empty_like(clean).uniform_(-eps, eps, generator=generator)
+                adv = clean + torch.min(torch.max(delta, lo_px), hi_px) / s
+            else:
+                adv = clean.clone()
+            _pgd_steps(model, adv, labels, lo, hi, step, steps, early_stop)
             if restarts == 1:
                 return adv
             with torch.no_grad():
@@ -264,6 +298,29 @@ def pgd(
             best = torch.where(better.view(-1, 1, 1, 1), adv, best)
             best_success, best_loss = best_success | success, torch.where(better, loss, best_loss)
     return best
+
+
+def _pgd_steps(
+    model: nn.Module, adv: Tensor, labels: Tensor, lo: Tensor, hi: Tensor, step: Tensor, steps: int, early_stop: bool
+) -> None:
+    """`steps` signed-gradient steps on `adv` in place, each clamped to [lo, hi]; with `early_stop`, only on the rows
+    the model still classifies correctly (the batch shrinks as examples are fooled)."""
+    rows: Tensor | None = None  # the rows still attacked; None: all of them
+    for _ in range(steps):
+        x, y = (adv, labels) if rows is None else (adv[rows], labels[rows])
+        grad, logits = _input_grad(model, x, _summed_ce(y))
+        grad.sign_()  # sign(∂L/∂δ) = sign(∂L/∂x / std) = sign(∂L/∂x): std > 0
+        if early_stop:
+            correct = logits.argmax(1) == y
+            if not bool(correct.all()):  # the one host sync of a step, early stopping only
+                keep = correct.nonzero().squeeze(1)
+                rows, grad = (keep if rows is None else rows[keep]), grad[keep]
+                if rows.numel() == 0:
+                    return
+        if rows is None:
+            adv.addcmul_(step, grad).clamp_(lo, hi)
+        else:
+            adv[rows] = torch.min(torch.max(adv[rows].addcmul_(step, grad), lo[rows]), hi[rows])
 
 
 def fgsm(
@@ -328,6 +385,7 @@ class AttackSpec:
     alpha: float | None = None  # step size, same units as eps; None: course 0.01, pixel 2/255 (FGSM: eps)
     random_start: bool = True  # pixel-mode PGD only (the course mode starts at the input)
     restarts: int = 1  # pixel-mode PGD only
+    early_stop: bool = False  # pixel-mode PGD only: stop attacking inputs once misclassified (`pgd(early_stop=...)`)
     chance_probe: bool = False  # a deliberately large ε: the sanity report expects accuracy near chance
 
     def __post_init__(self) -> None:
@@ -337,6 +395,8 @@ class AttackSpec:
             raise ValueError(f"AttackSpec: mode must be course or pixel, got {self.mode!r}")
         _check_budget("AttackSpec", eps=self.eps, alpha=self.step_size)
         _check_steps("AttackSpec", self.steps)
+        if self.early_stop and (self.kind, self.mode) != ("pgd", "pixel"):
+            raise ValueError(f"AttackSpec: early_stop is for pixel-mode PGD only, got {self.kind} ({self.mode} mode)")
 
     @property
     def step_size(self) -> float:
@@ -360,7 +420,8 @@ class AttackSpec:
     def name(self) -> str:
         eps = f"{self.eps:.4g}" if self.mode == "course" else f"{self.eps * 255:.4g}/255"
         label = f"pgd-{self.steps}" if self.kind == "pgd" else self.kind
-        return f"{label} eps={eps}" + (" (chance probe)" if self.chance_probe else "")
+        early = " (early stop)" if self.early_stop else ""
+        return f"{label} eps={eps}{early}" + (" (chance probe)" if self.chance_probe else "")
 
     def build(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> AttackFn:
         """The attack as a function of (model, images, labels); course-mode attacks ignore the labels."""
@@ -371,7 +432,10 @@ class AttackSpec:
             return lambda model, x, y: course.perturb(model, x)
         if self.kind == "fgsm":
             return lambda model, x, y: fgsm(model, x, y, eps=self.eps, alpha=self.step_size, mean=mean, std=std)
-        options = dict(eps=self.eps, alpha=self.step_size, steps=self.steps, random_start=self.random_start)
+        options = dict(
+            eps=self.eps, alpha=self.step_size, steps=self.steps, random_start=self.random_start,
+            early_stop=self.early_stop,
+        )  # fmt: skip
         return lambda model, x, y: pgd(model, x, y, **options, restarts=self.restarts, mean=mean, std=std)
 
 
