@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_download(sub)
     _add_demo(sub)
+    __import__("impl.verify", fromlist=["add_parser"]).add_parser(sub)  # check a student_code.py: report card
     return parser
 
 

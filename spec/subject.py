@@ -15,14 +15,6 @@ from typing import Any
 
 import pytest
 
-# The course interface, part by part (the report card groups results this way).
-COURSE_INTERFACE: dict[str, tuple[str, ...]] = {
-    "conv": ("CustomConv2DFunction", "CustomConv2d"),
-    "models": ("SimpleNet",),
-    "attention": ("Attention", "TransformerBlock", "SimpleViT"),
-    "attack": ("PGDAttack",),
-}
-
 
 class SubjectLoadError(RuntimeError):
     """The --impl target could not be imported; the message names the file and the cause."""
@@ -44,8 +36,10 @@ def _load_file(path: Path) -> ModuleType:
         raise SubjectLoadError(f"--impl={str(path)!r}: no such file")
     path = path.resolve()
     folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # so `from custom_blocks import ...` in a student file works
+    _isolate_siblings(path.parent)
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)  # first, so `from custom_blocks import ...` finds the student's own sibling file
     name = f"_subject_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
@@ -54,10 +48,38 @@ def _load_file(path: Path) -> ModuleType:
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
+    except ModuleNotFoundError as exc:
+        del sys.modules[name]
+        raise SubjectLoadError(f"{path.name} cannot be imported: {exc}{install_hint(exc.name)}") from exc
     except Exception as exc:
         del sys.modules[name]
         raise SubjectLoadError(f"--impl={str(path)!r}: importing it raised {type(exc).__name__}: {exc}") from exc
     return module
+
+
+# What the course's starter files import that the spec's environment may lack, and the pip name that provides it.
+COURSE_DEPENDENCIES = {"cv2": "opencv-python-headless", "einops": "einops"}
+COURSE_FILES = ("utils", "custom_transforms", "custom_dataloader", "custom_blocks")  # the starter's code/ folder
+
+
+def install_hint(module: str | None) -> str:
+    """How to install the missing `module`: the project's course extra for the starter's dependencies, else pip."""
+    top = (module or "").split(".")[0]
+    if top in COURSE_DEPENDENCIES:
+        return f" (a dependency of the course's starter files, {COURSE_DEPENDENCIES[top]}: pip install -e '.[course]')"
+    if top in COURSE_FILES:
+        return f" (a file of the course's starter: put code/{top}.py next to the student file)"
+    return f" (pip install {top})" if top else ""
+
+
+def _isolate_siblings(folder: Path) -> None:
+    """Forget modules cached from another folder under the name of one of `folder`'s files (e.g. a previous
+    subject's `custom_blocks`), so this subject imports its own siblings."""
+    for sibling in folder.glob("*.py"):
+        cached = sys.modules.get(sibling.stem)
+        origin = getattr(cached, "__file__", None)
+        if cached is not None and (origin is None or Path(origin).resolve().parent != folder):
+            del sys.modules[sibling.stem]
 
 
 def need(subject: ModuleType, name: str) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -16,6 +17,8 @@ from torch import Tensor, nn
 
 from spec.attack.toys import MEAN, STD, TinyNet, random_images
 from spec.subject import need
+
+pytestmark = pytest.mark.course("readme §3.3 and main.py validate(): model.eval(), grad enabled, perturb(model, input)")
 
 LO, HI = (0 - MEAN) / STD, (1 - MEAN) / STD  # (1, 3, 1, 1): the valid normalized box per channel
 

@@ -15,6 +15,8 @@ from torch import nn
 from spec.attention.reference import SMALL, TINY, attention_reference, flag_of, grids, max_err
 from spec.subject import need, ours_only
 
+pytestmark = pytest.mark.course("readme §3.2.1 eq. (3) and the starter's Attention skeleton")
+
 
 def _paths(attn: nn.Module) -> list[bool | None]:
     """The paths to check: the default (None) and, where the switch exists, manual and fused."""

@@ -23,6 +23,8 @@ from spec.attention.reference import (
 )
 from spec.subject import need, ours_only
 
+pytestmark = pytest.mark.course("readme §3.2.1: Pre-LN block with stochastic depth; the starter's TransformerBlock")
+
 
 def block_reference(block: torch.nn.Module, x: torch.Tensor, ws: int) -> torch.Tensor:
     y = block.norm1(x)

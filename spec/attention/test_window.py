@@ -33,6 +33,8 @@ from spec.attention.reference import (
 )
 from spec.subject import need, ours_only
 
+pytestmark = pytest.mark.course("readme §3.2.1 local window attention; custom_blocks.py window_partition (given)")
+
 
 @st.composite
 def grids_with_window(draw: st.DrawFn, divides: bool | None = None, **kw) -> dict[str, int]:

@@ -19,7 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from spec.subject import need, ours_only
+from spec import diagnose
+from spec.subject import need
+
+pytestmark = pytest.mark.course("readme §3.1.1; the starter's code/test_conv.py: forward and backward equal torch's")
 
 ConvFn = Callable[..., Tensor]
 
@@ -70,12 +73,11 @@ def conv_cases(draw: st.DrawFn, max_kernel: int = 7, square: bool = True) -> Con
     )
 
 
-@pytest.fixture(params=["unfold", "fast"])
+@pytest.fixture(params=["unfold", pytest.param("fast", marks=pytest.mark.extension)])
 def conv_fn(request: pytest.FixtureRequest, subject: ModuleType) -> ConvFn:
-    """The subject's convolution as f(x, w, b, stride, padding), one per algorithm."""
+    """The subject's convolution as f(x, w, b, stride, padding): the course's Function, and our "fast" algorithm."""
     if request.param == "unfold":
         return need(subject, "CustomConv2DFunction").apply
-    ours_only(subject, 'the "fast" algorithm')
     custom_conv2d = need(subject, "custom_conv2d")
     return lambda x, w, b, s, p: custom_conv2d(x, w, b, s, p, algorithm="fast")
 
@@ -92,35 +94,54 @@ def test_gradcheck_float64(conv_fn: ConvFn, case: ConvCase, needs: tuple[bool, b
         needs = (True, False, False)
     x, w, b = case.tensors(torch.float64, needs)
     inputs = tuple(t for t in (x, w, b) if t is not None)
-    assert torch.autograd.gradcheck(
-        lambda *args: conv_fn(args[0], args[1], args[2] if case.bias else None, case.stride, case.padding),
-        inputs,
-        eps=1e-6,
-        atol=1e-5,
-        fast_mode=True,  # checks random projections of the Jacobian: same power for a wrong formula, ~50x faster
-    ), case
+    try:
+        torch.autograd.gradcheck(
+            lambda *args: conv_fn(args[0], args[1], args[2] if case.bias else None, case.stride, case.padding),
+            inputs,
+            eps=1e-6,
+            atol=1e-5,
+            fast_mode=True,  # checks random projections of the Jacobian: same power for a wrong formula, ~50x faster
+        )
+    except torch.autograd.gradcheck.GradcheckError as exc:
+        first = str(exc).splitlines()[0].replace("input 0", "input").replace("input 1", "weight")
+        pytest.fail(f"gradcheck: {first.replace('input 2', 'bias')} ({case}, needs_input_grad={needs})", pytrace=False)
 
 
-def _check_against_torch(conv_fn: ConvFn, case: ConvCase, device: str = "cpu") -> None:
+def _check_forward(conv_fn: ConvFn, case: ConvCase, device: str = "cpu") -> None:
     x, w, b = case.tensors(torch.float64, device=device)
     y = conv_fn(x, w, b, case.stride, case.padding)
     ref = F.conv2d(x, w, b, case.stride, case.padding)
-    assert y.shape == ref.shape, f"{case}: shape {tuple(y.shape)} != {tuple(ref.shape)}"
-    assert _max_err(y, ref) < 1e-10, f"{case}: forward max abs err {_max_err(y, ref):.3g}"
-    g = torch.randn_like(ref)
+    variants = diagnose.conv_forward_variants(x, w, b, case.stride, case.padding)
+    assert y.shape == ref.shape and _max_err(y, ref) < 1e-10, diagnose.explain("forward", y, ref, case, variants)
+
+
+def _check_backward(conv_fn: ConvFn, case: ConvCase, device: str = "cpu") -> None:
+    x, w, b = case.tensors(torch.float64, device=device)
+    y = conv_fn(x, w, b, case.stride, case.padding)
+    g = torch.randn(F.conv2d(x, w, b, case.stride, case.padding).shape, dtype=x.dtype, device=device)
     grads = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], g)
-    gx = torch.nn.grad.conv2d_input(x.shape, w, g, case.stride, case.padding)
-    gw = torch.nn.grad.conv2d_weight(x, w.shape, g, case.stride, case.padding)
-    for name, got, want in (("input", grads[0], gx), ("weight", grads[1], gw)):
-        assert _max_err(got, want) < 1e-10, f"{case}: grad {name} max abs err {_max_err(got, want):.3g}"
-    if b is not None:
-        assert _max_err(grads[2], g.sum((0, 2, 3))) < 1e-10, f"{case}: grad bias"
+    want = {
+        "input": torch.nn.grad.conv2d_input(x.shape, w, g, case.stride, case.padding),
+        "weight": torch.nn.grad.conv2d_weight(x, w.shape, g, case.stride, case.padding),
+        "bias": g.sum((0, 2, 3)),
+    }
+    variants = diagnose.conv_grad_variants(x, w, g, case.stride, case.padding)
+    for name, got in zip(("input", "weight", "bias"), grads, strict=False):
+        ok = got.shape == want[name].shape and _max_err(got, want[name]) < 1e-10
+        assert ok, diagnose.explain(f"grad {name}", got, want[name], case, variants[name])
 
 
-@settings(max_examples=30)
+@pytest.mark.part("conv_forward")
+@settings(max_examples=20)
 @given(case=conv_cases())
-def test_forward_and_backward_match_torch_float64(conv_fn: ConvFn, case: ConvCase) -> None:
-    _check_against_torch(conv_fn, case)
+def test_forward_matches_torch_float64(conv_fn: ConvFn, case: ConvCase) -> None:
+    _check_forward(conv_fn, case)
+
+
+@settings(max_examples=20)
+@given(case=conv_cases())
+def test_backward_matches_torch_nn_grad_float64(conv_fn: ConvFn, case: ConvCase) -> None:
+    _check_backward(conv_fn, case)
 
 
 @pytest.mark.gpu
@@ -129,7 +150,8 @@ def test_forward_and_backward_match_torch_float64(conv_fn: ConvFn, case: ConvCas
 def test_cuda_forward_and_backward_match_torch_float64(conv_fn: ConvFn, case: ConvCase) -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    _check_against_torch(conv_fn, case, device="cuda")
+    _check_forward(conv_fn, case, device="cuda")
+    _check_backward(conv_fn, case, device="cuda")
 
 
 @pytest.mark.gpu
@@ -150,11 +172,12 @@ def test_cuda_float32_simplenet_layers_match_torch_without_tf32(conv_fn: ConvFn,
         assert rel < 1e-4, f"{layer}: {name} max abs error is {rel:.2g} of its max magnitude"
 
 
+@pytest.mark.extension("non-square kernels: the readme's are square")
 @settings(max_examples=15)
 @given(case=conv_cases(square=False))
-def test_non_square_kernels_match_torch_float64(subject: ModuleType, conv_fn: ConvFn, case: ConvCase) -> None:
-    ours_only(subject, "non-square kernels (the course's are square)")
-    _check_against_torch(conv_fn, case)
+def test_non_square_kernels_match_torch_float64(conv_fn: ConvFn, case: ConvCase) -> None:
+    _check_forward(conv_fn, case)
+    _check_backward(conv_fn, case)
 
 
 @settings(max_examples=10)
@@ -171,6 +194,7 @@ def test_float32_matches_torch_at_default_tolerance(conv_fn: ConvFn, case: ConvC
         torch.testing.assert_close(a, e, msg=lambda m: f"{case}: {m}")
 
 
+@pytest.mark.advised("no wasted gradient work: autograd discards a gradient for an input that needs none")
 @pytest.mark.parametrize(
     "needs", [(True, False, False), (False, True, False), (False, False, True), (True, True, False)]
 )
@@ -184,9 +208,9 @@ def test_backward_returns_none_for_unneeded_gradients(conv_fn: ConvFn, needs: tu
         assert (grad is not None) == needed, f"grad {name}: needed={needed} but backward returned {type(grad)}"
 
 
+@pytest.mark.extension("what the Function saves for backward")
 def test_unfold_saves_no_columns_when_weight_needs_no_gradient(subject: ModuleType) -> None:
     """No work for unneeded gradients: the columns (K² × the input) are only kept for the weight gradient."""
-    ours_only(subject, "what the Function saves for backward")
     fn = need(subject, "CustomConv2DFunction").apply
     x = torch.randn(2, 3, 16, 16, requires_grad=True)
     y = fn(x, torch.randn(8, 3, 5, 5), None, 1, 2)
@@ -194,10 +218,10 @@ def test_unfold_saves_no_columns_when_weight_needs_no_gradient(subject: ModuleTy
     assert sum(t.numel() for t in saved) <= 8 * 3 * 5 * 5, [tuple(t.shape) for t in saved]
 
 
+@pytest.mark.extension('the "fast" algorithm')
 @settings(max_examples=20)
 @given(case=conv_cases(square=False), channels_last=st.booleans())
 def test_fast_algorithm_equals_unfold_algorithm(subject: ModuleType, case: ConvCase, channels_last: bool) -> None:
-    ours_only(subject, 'the "fast" algorithm')
     custom_conv2d = need(subject, "custom_conv2d")
     x, w, b = case.tensors(torch.float64)
     if channels_last:
@@ -211,14 +235,18 @@ def test_fast_algorithm_equals_unfold_algorithm(subject: ModuleType, case: ConvC
         assert _max_err(a, e) < 1e-10, f"{case} channels_last={channels_last}: {name} differs by {_max_err(a, e):.3g}"
 
 
-def test_output_can_be_modified_in_place_by_relu(conv_fn: ConvFn) -> None:
-    """Returning a view from a custom Function breaks `nn.ReLU(inplace=True)` (a real student bug)."""
-    x, w, b = ConvCase(2, 3, 5, 9, 8, 3, 3, 1, 1, True).tensors(torch.float64)
+@pytest.mark.part("conv_forward")
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_output_can_be_modified_in_place_by_relu(conv_fn: ConvFn, bias: bool) -> None:
+    """The course's SimpleNet puts nn.ReLU(inplace=True) after every conv: returning a view from the Function breaks
+    it (a real student bug), with or without a bias (the bias-free path is where a view slips through)."""
+    x, w, b = ConvCase(2, 3, 5, 9, 8, 3, 3, 1, 1, bias).tensors(torch.float64)
     y = nn.ReLU(inplace=True)(conv_fn(x, w, b, 1, 1))
     y.sum().backward()
     ref_x, ref_w = x.detach().requires_grad_(), w.detach().requires_grad_()
-    F.relu(F.conv2d(ref_x, ref_w, b.detach(), 1, 1)).sum().backward()
-    assert _max_err(x.grad, ref_x.grad) < 1e-10 and _max_err(w.grad, ref_w.grad) < 1e-10
+    F.relu(F.conv2d(ref_x, ref_w, None if b is None else b.detach(), 1, 1)).sum().backward()
+    for name, got, want in (("input", x.grad, ref_x.grad), ("weight", w.grad, ref_w.grad)):
+        assert _max_err(got, want) < 1e-10, f"after an in-place ReLU, grad {name} max abs err {_max_err(got, want):.3g}"
 
 
 BAD_INPUTS = {
@@ -232,14 +260,16 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.extension("input validation")
 @pytest.mark.parametrize("what", list(BAD_INPUTS))
-def test_bad_input_raises_value_error_naming_shapes(subject: ModuleType, conv_fn: ConvFn, what: str) -> None:
-    ours_only(subject, "input validation")
+def test_bad_input_raises_value_error_naming_shapes(conv_fn: ConvFn, what: str) -> None:
     x, w, stride, padding, message = BAD_INPUTS[what]
     with pytest.raises(ValueError, match=message):
         conv_fn(x, w, None, stride, padding)
 
 
+@pytest.mark.part("conv_forward")
+@pytest.mark.course("the starter's CustomConv2d wrapper (given code); main.py saves and loads its state_dict")
 def test_custom_conv2d_is_a_drop_in_for_nn_conv2d(subject: ModuleType) -> None:
     CustomConv2d = need(subject, "CustomConv2d")
     native = nn.Conv2d(5, 7, kernel_size=3, stride=2, padding=1)
@@ -255,8 +285,8 @@ def test_custom_conv2d_is_a_drop_in_for_nn_conv2d(subject: ModuleType) -> None:
     assert y.is_contiguous() and g.is_contiguous(), f"output strides {y.stride()}, grad_input strides {g.stride()}"
 
 
+@pytest.mark.extension("channels-last layout propagation")
 def test_custom_conv2d_keeps_a_channels_last_layout_like_nn_conv2d(subject: ModuleType) -> None:
-    ours_only(subject, "channels-last layout propagation")
     custom = need(subject, "CustomConv2d")(5, 7, kernel_size=3, stride=1, padding=1)
     x = torch.randn(3, 5, 11, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
     y = custom(x)
@@ -265,6 +295,8 @@ def test_custom_conv2d_keeps_a_channels_last_layout_like_nn_conv2d(subject: Modu
         assert t.is_contiguous(memory_format=torch.channels_last), f"{name} strides {t.stride()} are not NHWC"
 
 
+@pytest.mark.part("conv_forward")
+@pytest.mark.course("the starter's CustomConv2d.reset_parameters (given code)")
 def test_custom_conv2d_init_has_nn_conv2d_bounds(subject: ModuleType) -> None:
     """nn.Conv2d draws weight and bias uniformly in ±1/√fan_in; a different init changes training curves."""
     CustomConv2d = need(subject, "CustomConv2d")
@@ -276,28 +308,28 @@ def test_custom_conv2d_init_has_nn_conv2d_bounds(subject: ModuleType) -> None:
         assert abs(p.std().item() - bound / 3**0.5) < 0.1 * bound, f"{name} std {p.std():.4f} is not uniform's"
 
 
+@pytest.mark.extension("dilation/groups rejection (the course's wrapper ignores them)")
 @pytest.mark.parametrize("kwargs", [{"dilation": 2}, {"groups": 2}])
 def test_custom_conv2d_rejects_dilation_and_groups_clearly(subject: ModuleType, kwargs: dict[str, int]) -> None:
-    ours_only(subject, "dilation/groups rejection")
     CustomConv2d = need(subject, "CustomConv2d")
     with pytest.raises(NotImplementedError, match=next(iter(kwargs))):
         CustomConv2d(4, 4, 3, **kwargs)
 
 
+@pytest.mark.extension('the "fast" algorithm')
 def test_custom_conv2d_defaults_to_the_fast_algorithm(subject: ModuleType) -> None:
     """The module runs "fast" unless told otherwise, so the models' default path is the one the benchmarks time."""
-    ours_only(subject, 'the "fast" algorithm')
     assert need(subject, "CustomConv2d")(3, 4, 3).algorithm == "fast"
     with pytest.raises(ValueError, match="algorithm must be one of"):
         need(subject, "CustomConv2d")(3, 4, 3, algorithm="winograd")
 
 
+@pytest.mark.extension("the fast algorithm's batch chunking")
 @pytest.mark.parametrize("stride", [1, 2])
 def test_fast_algorithm_is_exact_when_the_batch_is_split_into_chunks(
-    subject: ModuleType, conv_fn: ConvFn, monkeypatch: pytest.MonkeyPatch, stride: int
+    conv_fn: ConvFn, monkeypatch: pytest.MonkeyPatch, stride: int
 ) -> None:
     """The spec's small shapes fit one chunk; a 1-byte column budget forces one sample per GEMM chunk."""
-    ours_only(subject, "the fast algorithm's batch chunking")
     monkeypatch.setattr(importlib.import_module("impl.conv"), "COLUMN_BUDGET_BYTES", 1)
     for channels_last in (False, True):
         case = ConvCase(3, 4, 5, 9, 8, 3, 3, stride, 1, True)
@@ -312,6 +344,7 @@ def test_fast_algorithm_is_exact_when_the_batch_is_split_into_chunks(
             assert _max_err(a, e) < 1e-10, f"stride {stride} channels_last={channels_last}: {name}"
 
 
+@pytest.mark.extension("empty batches (N = 0): main.py never makes one, and the course's reshapes need N > 0")
 def test_an_empty_batch_gives_an_empty_output_like_torch(conv_fn: ConvFn) -> None:
     x, w, b = ConvCase(1, 3, 4, 8, 7, 3, 3, 2, 1, True).tensors(torch.float64)
     x = x.detach()[:0].requires_grad_()

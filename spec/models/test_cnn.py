@@ -12,7 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from spec.subject import need, ours_only
+import impl.models
+from spec.subject import need
+
+pytestmark = pytest.mark.course("readme §3.1.2 and the starter's SimpleNet (given code, trained by main.py)")
 
 # The course network, layer by layer: (in, out, kernel, stride, padding). Its parameter count is derived from this
 # table, independently of the implementation.
@@ -36,6 +39,7 @@ def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.advised("the starter's SimpleNet as given; the bonus may modify it (readme §3.3)")
 def test_simplenet_has_the_course_parameter_count(subject: ModuleType) -> None:
     SimpleNet = need(subject, "SimpleNet")
     assert _param_count(100) == 365_028
@@ -43,6 +47,7 @@ def test_simplenet_has_the_course_parameter_count(subject: ModuleType) -> None:
         assert _n_params(SimpleNet(nn.Conv2d, classes)) == _param_count(classes), f"{classes} classes"
 
 
+@pytest.mark.advised("the starter's SimpleNet as given; the bonus may modify it (readme §3.3)")
 def test_simplenet_layers_are_the_course_layers(subject: ModuleType) -> None:
     model = need(subject, "SimpleNet")(nn.Conv2d, 100)
     convs = [
@@ -56,7 +61,12 @@ def test_simplenet_layers_are_the_course_layers(subject: ModuleType) -> None:
     assert pools == [(3, 2, 1), (3, 2, 1)]
 
 
-CNN_NAMES = ["SimpleNet", "CustomNet", "CustomNet2"]
+# CustomNet and CustomNet2 are miniplaces-lab's names for its two designs; the course only asks for "your own" network.
+CNN_NAMES = [
+    "SimpleNet",
+    pytest.param("CustomNet", marks=pytest.mark.extension),
+    pytest.param("CustomNet2", marks=pytest.mark.extension),
+]
 
 
 @pytest.mark.parametrize("name", CNN_NAMES)
@@ -64,7 +74,7 @@ CNN_NAMES = ["SimpleNet", "CustomNet", "CustomNet2"]
 def test_cnn_output_shape_and_gradients_reach_every_parameter(subject: ModuleType, name: str, hw) -> None:
     if name != "SimpleNet" and hw == (128, 128):
         hw = (96, 96)  # the skip CNNs are ~10x SimpleNet's cost; the shape logic is the same
-    model = need(subject, name)(nn.Conv2d, 7)
+    model = need(subject, name)(nn.Conv2d, 7).eval()  # eval: a bonus SimpleNet attacks its input in training mode
     out = model(torch.randn(2, 3, *hw))
     assert out.shape == (2, 7), f"{name} at {hw}: {tuple(out.shape)}"
     out.logsumexp(1).sum().backward()
@@ -73,6 +83,7 @@ def test_cnn_output_shape_and_gradients_reach_every_parameter(subject: ModuleTyp
         assert p.grad.abs().sum() > 0, f"{name}: zero gradient for {pname}"
 
 
+@pytest.mark.extension("miniplaces-lab's CustomNet / CustomNet2 designs")
 def test_skip_cnns_are_distinct_designs(subject: ModuleType) -> None:
     """CustomNet opens with a 7×7 skip block (two 7×7 convs); CustomNet2 with a single 7×7 conv and then 3×3 blocks."""
     net1, net2 = need(subject, "CustomNet")(nn.Conv2d, 100), need(subject, "CustomNet2")(nn.Conv2d, 100)
@@ -83,7 +94,9 @@ def test_skip_cnns_are_distinct_designs(subject: ModuleType) -> None:
 
 
 def _pair_of_simplenets(subject: ModuleType, algorithm: str | None):
-    SimpleNet, CustomConv2d = need(subject, "SimpleNet"), need(subject, "CustomConv2d")
+    """The course network (ours: a bonus-modified SimpleNet of the subject would attack inside forward) with
+    nn.Conv2d and with the subject's CustomConv2d, sharing weights."""
+    SimpleNet, CustomConv2d = impl.models.SimpleNet, need(subject, "CustomConv2d")
 
     def conv_op(*args, **kwargs):
         return (
@@ -95,11 +108,9 @@ def _pair_of_simplenets(subject: ModuleType, algorithm: str | None):
     return native.double(), custom.double()
 
 
-@pytest.fixture(params=[None, "unfold"], ids=["default", "unfold"])
+@pytest.fixture(params=[None, pytest.param("unfold", marks=pytest.mark.extension)], ids=["default", "unfold"])
 def algorithm(request: pytest.FixtureRequest, subject: ModuleType) -> str | None:
     """The subject's CustomConv2d as it comes (ours defaults to "fast"), and our seed "unfold" algorithm by name."""
-    if request.param is not None:
-        ours_only(subject, "the conv algorithm switch")
     return request.param
 
 
@@ -133,3 +144,54 @@ def test_twenty_sgd_steps_give_the_native_loss_curve(subject: ModuleType, algori
     assert curves[0][-1] < curves[0][0], f"native SimpleNet did not learn: {curves[0].tolist()}"
     err = (curves[0] - curves[1]).abs().max().item()
     assert err < 1e-3, f"loss curves differ by {err:.3g}:\nnative {curves[0].tolist()}\ncustom {curves[1].tolist()}"
+
+
+def _first_layer_calls(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """model(x) and how often its first parametrized layer ran: more than once means an attack inside forward."""
+    layer = next(m for m in model.modules() if not list(m.children()) and list(m.parameters(recurse=False)))
+    calls = []
+    handle = layer.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        return model(x), len(calls)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.part("bonus")
+@pytest.mark.course(
+    "readme §3.3 bonus: PGD attached to SimpleNet's forward; main.py train(): model.train() once per epoch, "
+    "then zero_grad → model(input) → loss.backward() → step, and validate() in eval mode"
+)
+def test_adversarial_training_forward_keeps_the_training_loop_intact(subject: ModuleType) -> None:
+    """The bonus model attacks its input inside a training-mode forward; afterwards the model must still be in
+    training mode, every parameter still trainable, and no attack gradient left for main.py's backward to add to."""
+    model = need(subject, "default_cnn_model")(num_classes=10).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    out, calls = _first_layer_calls(model, x)
+    if calls <= 1:
+        pytest.skip("default_cnn_model's training forward runs no attack: no adversarial training (bonus) found")
+    evaluating = [n or "the model" for n, m in model.named_modules() if not m.training]
+    assert not evaluating, f"a training-mode forward left {evaluating[:3]} in eval mode (next iterations train in eval)"
+    frozen = [n for n, p in model.named_parameters() if p.requires_grad != trainable[n]]
+    assert not frozen, f"the forward changed requires_grad of {frozen[:3]} (the optimizer then skips them)"
+    stale = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()]
+    assert not stale, f"the forward left attack gradients in {stale[:3]}: main.py's loss.backward() adds to them"
+    assert out.shape == (4, 10), f"logits {tuple(out.shape)}"
+    nn.functional.cross_entropy(out, y).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not dead, f"no finite training gradient for {dead[:3]} after the adversarial forward"
+
+
+@pytest.mark.part("bonus")
+@pytest.mark.course("main.py validate(): model.eval(), then clean forwards; the bonus attack is for training only")
+def test_adversarial_training_model_evaluates_clean_inputs_in_eval_mode(subject: ModuleType) -> None:
+    model = need(subject, "default_cnn_model")(num_classes=10)
+    _, calls = _first_layer_calls(model.train(), torch.randn(2, 3, 32, 32))
+    if calls <= 1:
+        pytest.skip("default_cnn_model's training forward runs no attack: no adversarial training (bonus) found")
+    model.eval()
+    with torch.no_grad():
+        out, calls = _first_layer_calls(model, torch.randn(2, 3, 32, 32))
+    assert calls == 1, f"an eval-mode forward ran the first layer {calls} times: it attacks at evaluation too"
+    assert not model.training and out.shape == (2, 10), f"eval forward: training={model.training}, {tuple(out.shape)}"

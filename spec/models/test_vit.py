@@ -25,6 +25,8 @@ from torch import nn
 from spec.attention.reference import max_err, set_flag
 from spec.subject import load_subject, need, ours_only
 
+pytestmark = pytest.mark.course("readme §3.2.2 and the starter's SimpleViT skeleton; main.py --use-vit")
+
 
 def vit_parameter_count(img=128, patch=16, cin=3, dim=192, depth=4, mlp_ratio=4.0, classes=100, abs_pos=True) -> int:
     hidden = int(dim * mlp_ratio)
