@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import itertools
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +31,19 @@ from torch import nn
 if TYPE_CHECKING:
     from impl.adversarial import AdversarialTraining
     from impl.attack import Mode, RobustnessReport
-    from impl.train import TrainConfig
+    from impl.train import TrainConfig, WeightsMismatch
 
 log = logging.getLogger(__name__)
 
 MODELS = ("simplenet", "customnet", "customnet2", "resnet18", "vit")
+# the course's main.py writes model_arch "CNN" (its default_cnn_model), "ViT" or "ResNet" into its checkpoints
+COURSE_ARCHS = {"CNN": "simplenet", "ViT": "vit", "ResNet": "resnet18"}
+# the flag that sets each field of the library's configurations, so that a message names what the user typed;
+# TrainConfig's fields take the course's flags (impl.train.COURSE_FLAGS)
+FLAGS: dict[str, dict[str, str]] = {
+    "AttackSpec": {"eps": "--attack-eps", "alpha": "--attack-alpha", "steps": "--attack-steps"},
+    "AdvTrainConfig": {"method": "--adv-train", "eps": "--adv-eps", "alpha": "--adv-alpha", "steps": "--adv-steps"},
+}
 DEFAULT_SYNTH_ROOT = Path("data/miniplaces-synthetic")
 DEFAULT_OUT = Path("logs")
 
@@ -55,6 +66,31 @@ def _one_line(exc: BaseException) -> str:
     return last
 
 
+def name_flags(message: str) -> str:
+    """`TrainConfig.workers must be ...` -> `-j must be ...`: each `Config.field` or `Config: field` the FLAGS table
+    knows becomes its flag; the rest of the message is kept."""
+    from impl.train import COURSE_FLAGS
+
+    flags = {"TrainConfig": COURSE_FLAGS, **FLAGS}
+
+    def flag(match: re.Match[str]) -> str:
+        return flags[match.group(1)].get(match.group(2), match.group(0))
+
+    return re.sub(r"\b(" + "|".join(flags) + r")(?:\.|: )(\w+)", flag, message)
+
+
+def os_error_line(exc: OSError) -> str:
+    """A failed write in one line: which file, and whether the disk is full or the place is not writable."""
+    where = exc.filename or "a file"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device for {where}: free some space and run the command again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where} is not writable ({exc.strerror}): choose another folder with --out"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"{where}: a file stands where a folder is needed"
+    return f"{where}: {exc.strerror or exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,9 +100,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"miniplaces {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(_interrupted_line(exc), file=sys.stderr)
         return 130
+
+
+def _interrupted_line(exc: KeyboardInterrupt) -> str:
+    from impl.train import TrainingInterrupted
+
+    if not isinstance(exc, TrainingInterrupted):
+        return "interrupted"
+    if exc.checkpoint is None:
+        return "interrupted before the first epoch completed: no checkpoint to resume from"
+    return f"interrupted; to continue, run the same command with --resume {exc.checkpoint}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +172,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data_folder", metavar="DATA", type=Path, help="dataset root (train.txt, val.txt, images/)")
     p.add_argument("-j", "--workers", default=4, type=int, help="data-loading processes per rank (default: 4)")
     p.add_argument("--epochs", default=90, type=int, help="total epochs (default: 90)")
-    p.add_argument("--warmup", default=5, type=int, help="linear-warmup epochs (default: 5)")
+    p.add_argument(
+        "--warmup",
+        default=5,
+        type=int,
+        help="linear-warmup epochs (default: 5; as in the course, --warmup >= --epochs makes the whole run warmup)",
+    )
+    p.add_argument(
+        "--start-epoch",
+        default=0,
+        type=int,
+        metavar="E0",
+        help="epochs counted as done when starting without --resume (course flag; a --resume takes the checkpoint's)",
+    )
     p.add_argument("--clip-grad", default=1.0, type=float, help="gradient-norm clip, ViT only (default: 1.0)")
     p.add_argument("-b", "--batch-size", default=256, type=int, help="global mini-batch size (default: 256)")
     p.add_argument("--lr", "--learning-rate", default=0.1, type=float, dest="lr", help="peak learning rate")
@@ -256,13 +314,21 @@ def _check_train_args(args: argparse.Namespace) -> None:
     if args.attack_steps < 0 or (args.attack_batches is not None and args.attack_batches < 1):
         got = f"{args.attack_steps}, {args.attack_batches}"
         raise UsageError(f"--attack-steps must be >= 0 and --attack-batches >= 1, got {got}")
-    if args.adv_val_images < 1:
-        raise UsageError(f"--adv-val-images must be >= 1, got {args.adv_val_images}")
+    if args.adv_val_images < 1 or args.adv_steps < 1:
+        raise UsageError(f"--adv-val-images and --adv-steps must be >= 1, got {args.adv_val_images}, {args.adv_steps}")
+    if args.attack_figures < 0:
+        raise UsageError(f"--attack-figures must be >= 0 (0 draws none), got {args.attack_figures}")
+    if not 0 <= args.start_epoch <= args.epochs:
+        raise UsageError(f"--start-epoch must be in [0, --epochs {args.epochs}], got {args.start_epoch}")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a folder")
     chosen = [f for f in ("use_resnet18", "use_vit") if getattr(args, f)]
     if len(chosen) > 1 or (chosen and args.model not in (None, chosen[0].removeprefix("use_"))):
         raise UsageError(f"conflicting model flags: --model {args.model} with {', '.join(chosen)}")
     if args.use_custom_conv and _model_name(args, None) != "simplenet":
         raise UsageError("--use-custom-conv applies to SimpleNet only")
+    if args.weights is not None and _model_name(args, None) != "resnet18":
+        raise UsageError("--weights applies to resnet18 only: add --model resnet18 (or --use-resnet18)")
     if not args.data_folder.is_dir():
         raise UsageError(f"dataset folder {args.data_folder} does not exist (make one with `miniplaces synth ROOT`)")
 
@@ -274,8 +340,11 @@ def _model_name(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> str:
         return "vit"
     if args.model:
         return args.model
-    if ckpt is not None and ckpt.get("model_arch") in MODELS:
-        return str(ckpt["model_arch"])
+    arch = ckpt.get("model_arch") if ckpt is not None else None
+    if arch in MODELS:
+        return str(arch)
+    if arch in COURSE_ARCHS:
+        return COURSE_ARCHS[str(arch)]
     return "simplenet"
 
 
@@ -342,7 +411,7 @@ def _train_config(args: argparse.Namespace, model_arch: str) -> TrainConfig:
 
     vit = model_arch == "vit"
     try:
-        return TrainConfig(
+        cfg = TrainConfig(
             model_arch=model_arch,
             epochs=args.epochs,
             warmup=args.warmup,
@@ -359,7 +428,15 @@ def _train_config(args: argparse.Namespace, model_arch: str) -> TrainConfig:
             compile=args.compile,
         )
     except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(name_flags(str(exc))) from exc
+    if cfg.warmup >= cfg.epochs and not args.evaluate and not args.attack:
+        reached = cfg.eta_min + (cfg.lr - cfg.eta_min) * cfg.epochs / cfg.warmup
+        log.warning(
+            "--warmup %d >= --epochs %d: as in the course, the whole run is linear warmup, and the learning rate "
+            "ends at %.4g (--lr %g) with no cosine decay",
+            cfg.warmup, cfg.epochs, reached, cfg.lr,
+        )  # fmt: skip
+    return cfg
 
 
 def _run_dir_for(args: argparse.Namespace, model_arch: str) -> Path:
@@ -371,12 +448,49 @@ def _run_dir_for(args: argparse.Namespace, model_arch: str) -> Path:
     return new_run_dir(args.out or DEFAULT_OUT, model_arch)
 
 
+def _says_complete(args: argparse.Namespace, ckpt: dict[str, Any], cfg: TrainConfig) -> bool:
+    """A resume of a finished run trains nothing: say so, and how to use the checkpoint (exit status 0)."""
+    done = int(ckpt.get("epoch", 0))
+    planned = int((ckpt.get("config") or {}).get("epochs", cfg.epochs))
+    if done < planned:
+        return False
+    print(
+        f"{args.resume} is complete ({done} of {planned} epochs): nothing to train. Evaluate it with "
+        f"`miniplaces train {args.data_folder} -e --resume {args.resume}`; a longer schedule is a new run "
+        "(its cosine has ended, so it cannot be extended)."
+    )
+    return True
+
+
+def _build_for(args: argparse.Namespace, model_arch: str, num_classes: int, *, from_scratch: bool) -> nn.Module:
+    """The model the flags ask for; a missing or unreadable resnet18 weights file is a usage error naming the flag."""
+    weights = args.weights or ("imagenet" if args.use_resnet18 and from_scratch else None)
+    try:
+        return build_model(model_arch, num_classes, custom_conv=args.use_custom_conv, weights=weights)
+    except (FileNotFoundError, ValueError) as exc:
+        flag = f"--weights {args.weights}" if args.weights else "--use-resnet18"
+        raise UsageError(f"{flag}: {exc}") from exc
+
+
+def _mismatch_line(exc: WeightsMismatch, args: argparse.Namespace, model_arch: str, val_set: Any) -> str:
+    """What the checkpoint holds against what the data (class count) or the flags (architecture) ask for."""
+    if exc.classes is not None:
+        source = "categories.txt" if (args.data_folder / "categories.txt").is_file() else "the labels of val.txt"
+        return f"{exc}; the data in {args.data_folder} has {val_set.num_classes} classes ({source})"
+    chosen = args.model or ("resnet18" if args.use_resnet18 else "vit" if args.use_vit else None)
+    if chosen is not None:
+        return f"{exc}; the flags ask for {chosen}: drop --model/--use-* to take the checkpoint's architecture"
+    return f"{exc}; name its architecture with --model ({', '.join(MODELS)})"
+
+
 def run_train(args: argparse.Namespace) -> int:
     from impl.adversarial import CatastrophicOverfitting
     from impl.data import DataError, MiniPlaces, train_transform, val_transform
     from impl.train import (
         CheckpointError,
+        RunFolderBusy,
         TrainingDiverged,
+        WeightsMismatch,
         dist_info,
         fit,
         load_checkpoint,
@@ -396,15 +510,22 @@ def run_train(args: argparse.Namespace) -> int:
         ckpt = load_checkpoint(args.resume) if args.resume is not None else None
         model_arch = _model_name(args, ckpt)
         cfg = _train_config(args, model_arch)
+        if ckpt is not None and not (args.evaluate or args.attack) and _says_complete(args, ckpt, cfg):
+            return 0
         val_set = MiniPlaces(args.data_folder, "val", transform=val_transform())
         seed_everything(cfg.seed)
-        weights = args.weights or ("imagenet" if args.use_resnet18 and ckpt is None else None)
-        model = build_model(model_arch, val_set.num_classes, custom_conv=args.use_custom_conv, weights=weights)
-        model = model.to(device)
+        model = _build_for(args, model_arch, val_set.num_classes, from_scratch=ckpt is None).to(device)
+        if ckpt is not None:  # before any training or evaluation: a checkpoint that does not fit says so in one line
+            try:
+                load_weights(model, ckpt, args.resume)  # type: ignore[arg-type]
+            except WeightsMismatch as exc:
+                raise UsageError(_mismatch_line(exc, args, model_arch, val_set)) from exc
+            if args.start_epoch not in (0, int(ckpt.get("epoch", 0))):
+                log.info("--start-epoch %d ignored: a resume starts after the checkpoint's epoch %d, as in the course",
+                         args.start_epoch, int(ckpt.get("epoch", 0)))  # fmt: skip
         pin = device.type == "cuda"
         val_loader = make_eval_loader(val_set, cfg.val_batch_size, workers=cfg.workers, info=info, pin_memory=pin)
         if args.evaluate or args.attack:
-            load_weights(model, ckpt, args.resume)  # type: ignore[arg-type]
             run_dir = _run_dir_for(args, model_arch)
             return (
                 run_attack(args, model, val_loader, device, run_dir)
@@ -431,12 +552,15 @@ def run_train(args: argparse.Namespace) -> int:
                 device=device,
                 run_dir=run_dir,
                 resume=args.resume,
+                start_epoch=args.start_epoch if args.resume is None else 0,
                 progress=args.progress,
                 perturb=adversarial.perturb if adversarial is not None else None,
                 extra_evals=adversarial.extra_evals if adversarial is not None else (),
             )
-    except (DataError, CheckpointError, ValueError, KeyError) as exc:
-        raise UsageError(_one_line(exc)) from exc
+    except (DataError, CheckpointError, ValueError, KeyError, RunFolderBusy) as exc:
+        raise UsageError(name_flags(_one_line(exc))) from exc
+    except OSError as exc:
+        raise UsageError(os_error_line(exc)) from exc
     except TrainingDiverged as exc:
         print(f"miniplaces train: training diverged: {exc}", file=sys.stderr)
         return 3
@@ -499,7 +623,7 @@ def _adversarial_training(
     try:
         adv_cfg = AdvTrainConfig(args.adv_train, args.adv_eps, args.adv_alpha, args.adv_steps, amp=args.amp)
     except ValueError as exc:
-        raise UsageError(str(exc).replace("AdvTrainConfig.", "--adv-")) from exc
+        raise UsageError(name_flags(str(exc))) from exc
     subset = Subset(val_set, range(min(args.adv_val_images, len(val_set))))
     loader = make_eval_loader(subset, cfg.val_batch_size, workers=cfg.workers, info=info, pin_memory=pin)
     monitor = None
@@ -525,7 +649,9 @@ def _progress_logging(enabled: bool) -> Any:
         return nullcontext()
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    return logging_redirect_tqdm()
+    # only our logger: by default tqdm redirects the root logger, i.e. adds a handler there that prints every line a
+    # second time (on stderr) after our own stdout handler has printed it
+    return logging_redirect_tqdm(loggers=[logging.getLogger("impl")])
 
 
 def run_evaluate(
@@ -551,14 +677,15 @@ def run_evaluate(
 def run_attack(args: argparse.Namespace, model: nn.Module, val_loader: Any, device: torch.device, run_dir: Path) -> int:
     """`-a`: clean vs adversarial top-1/top-5 over val (course mode by default), the sanity report and figures.
 
-    Writes `<run>/attack.md` (the table and checks) and `<run>/attack/attack_<i>.png`; with `-v` the TensorBoard grids
+    Writes `<run>/attack.md` (the table and checks) and `<run>/attack/attack_<i>.png` (a later attack of the same
+    run: `attack-2.md` and `attack-2/`, and so on, never over an earlier one); with `-v` the TensorBoard grids
     `Image/Org_Image` and `Image/Adv_Image`. A failed sanity check is printed as a warning (and recorded in attack.md).
     """
     from impl.train import dist_info
 
     if dist_info().world_size > 1:
         raise UsageError("-a/--attack runs in one process: start it without torchrun")
-    report, main = robustness_report(
+    report, main, written = robustness_report(
         model, val_loader, device, run_dir, mode=args.attack_mode, eps=args.attack_eps, alpha=args.attack_alpha,
         steps=args.attack_steps, sweep=args.attack_sweep, max_batches=args.attack_batches,
         figures=args.attack_figures, vis=args.vis, amp=args.amp, progress=args.progress,
@@ -569,7 +696,7 @@ def run_attack(args: argparse.Namespace, model: nn.Module, val_loader: Any, devi
     print(f"adversarial val top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  ({main}, {args.attack_mode} mode)")
     for check in report.failed:
         print(f"WARNING: sanity check failed: {check.name}: {check.detail}", file=sys.stderr)
-    print(f"report: {run_dir / 'attack.md'}")
+    print(f"report: {written}")
     return 0
 
 
@@ -590,8 +717,9 @@ def robustness_report(
     amp: str = "off",
     progress: bool = False,
     class_names: Sequence[str] | None = None,
-) -> tuple[RobustnessReport, str]:
-    """Evaluate, draw the first batch's figures, write `<run_dir>/attack.md`; returns (report, main attack's name)."""
+) -> tuple[RobustnessReport, str, Path]:
+    """Evaluate, draw the first batch's figures, write `<run_dir>/attack.md` (or the next free `attack-<n>.md`, its
+    figures in `attack[-<n>]/`); returns (report, the main attack's name, the markdown file written)."""
     from impl.attack import default_specs, evaluate_robustness, sweep_specs
     from impl.train import autocast
     from impl.viz import log_image_grids, save_attack_figures
@@ -600,8 +728,9 @@ def robustness_report(
         main_spec = default_specs(mode, eps, steps, alpha)[0]
         specs = sweep_specs(mode, eps, steps, alpha) if sweep else default_specs(mode, eps, steps, alpha)
     except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(name_flags(str(exc))) from exc
     classes = class_names or getattr(getattr(val_loader, "dataset", None), "classes", None)
+    markdown, figure_dir = _claim_attack_names(run_dir)
     written: list[Path] = []
 
     def on_batch(i: int, images: torch.Tensor, labels: torch.Tensor, adversarial: dict[str, torch.Tensor]) -> None:
@@ -611,9 +740,7 @@ def robustness_report(
         with torch.no_grad():
             clean_pred, adv_pred = model(images).argmax(1), model(adv).argmax(1)
         if figures > 0:
-            written.extend(
-                save_attack_figures(run_dir / "attack", images, adv, labels, clean_pred, adv_pred, classes, figures)
-            )
+            written.extend(save_attack_figures(figure_dir, images, adv, labels, clean_pred, adv_pred, classes, figures))
         if vis:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -628,10 +755,26 @@ def robustness_report(
         )
     units = "normalized units" if mode == "course" else "pixel units"
     lines = [f"# Robustness ({mode} mode, {units}), {report.n} val images", "", report.to_markdown(), ""]
-    lines += [f"![{p.stem}](attack/{p.name})" for p in written]
+    lines += [f"![{p.stem}]({figure_dir.name}/{p.name})" for p in written]
+    markdown.write_text("\n".join(lines) + "\n")
+    return report, main_spec.name, markdown
+
+
+def _claim_attack_names(run_dir: Path) -> tuple[Path, Path]:
+    """The first free (`attack.md`, `attack/`), (`attack-2.md`, `attack-2/`), ...: the markdown file is created
+    exclusively, so two attacks of one run at once still get different names."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "attack.md").write_text("\n".join(lines) + "\n")
-    return report, main_spec.name
+    for n in itertools.count(1):
+        stem = "attack" if n == 1 else f"attack-{n}"
+        markdown, figures = run_dir / f"{stem}.md", run_dir / stem
+        if figures.exists():
+            continue
+        try:
+            markdown.open("x").close()
+        except FileExistsError:
+            continue
+        return markdown, figures
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -807,18 +950,18 @@ def _demo_attack_section(
 
     subset = Subset(val_set, range(min(n, len(val_set))))
     loader = make_eval_loader(subset, 64, workers=workers)
-    result, main = robustness_report(model, loader, device, run_dir, figures=2, class_names=val_set.classes)
+    result, main, markdown = robustness_report(model, loader, device, run_dir, figures=2, class_names=val_set.classes)
     section = [
         "",
         f"## Robustness: course-mode PGD on {result.n} val images",
         "",
         "PGD-10 toward each image's least confident class, eps = 0.1 in normalized units (about 6/255 in pixels), "
         "with FGSM and uniform noise in the same ball as baselines; the checks are the Carlini et al. (2019) "
-        "sanity list. Full table: `attack.md`.",
+        f"sanity list. Full table: `{markdown.name}`.",
         "",
         result.to_markdown(),
         "",
-        f"![{main}: original, adversarial, perturbation x20, heatmap](attack/attack_0.png)",
+        f"![{main}: original, adversarial, perturbation x20, heatmap]({markdown.stem}/attack_0.png)",
         "",
     ]
     with report.open("a") as fh:

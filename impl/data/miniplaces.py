@@ -7,7 +7,8 @@ Layout (the official `data.tar.gz` plus its development kit, or `make_synthetic`
     <root>/categories.txt   `/a/abbey 0`  optional: class names, labels 0..N-1 in order
     <root>/images/...       the JPEG files
 
-Images decode with torchvision to RGB uint8 (3, H, W); grayscale and CMYK JPEGs are converted to RGB, not rejected.
+The text files are UTF-8 (a leading byte-order mark is ignored). Images decode with torchvision to RGB uint8
+(3, H, W); grayscale and CMYK JPEGs are converted to RGB, not rejected.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def class_name(category: str) -> str:
 def _records(path: Path, first_field: str) -> Iterator[tuple[int, str, str, int]]:
     """(line number, line, first field, integer label) for each non-blank `<first_field> <label>` line of `path`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not part of the first path
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
     for lineno, line in enumerate(text.splitlines(), start=1):

@@ -57,7 +57,12 @@ def _resolve(weights: str | Path) -> Path:
 
 
 def _load_backbone(model: nn.Module, path: Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch's text runs to a page (and ends in a URL); the file is the culprit either way
+        raise ValueError(
+            f"{path} is not a weights file torch.load(weights_only=True) can read ({type(exc).__name__})"
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state:  # a course checkpoint
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -38,6 +38,8 @@ class SimpleViT(nn.Module):
         window_block_indexes: Sequence[int] = (0, 2),
     ) -> None:
         super().__init__()
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         if img_size % patch_size != 0:
             raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}")
         outside = [i for i in window_block_indexes if not 0 <= i < depth]

@@ -255,3 +255,14 @@ def test_num_classes_must_agree_with_categories(tmp_path: Path) -> None:
     root = write_set(tmp_path, "train/a/alpha/1.jpg 0\n")
     with pytest.raises(DataError, match="lists 3 classes, num_classes=5"):
         MiniPlaces(root, "train", num_classes=5)
+
+
+def test_a_byte_order_mark_in_the_split_and_categories_files_is_ignored(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a BOM; it must not become part of the first image path or category name."""
+    root = write_set(tmp_path / "bom", "train/a/one.jpg 0\ntrain/b/two.jpg 1\n")
+    for name in ("train.txt", "categories.txt"):
+        path = root / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    data = MiniPlaces(root, "train")
+    assert data.samples[0][0] == root / "images" / "train/a/one.jpg" and data.classes[0] == "alpha", data.samples
+    assert data[0][0].shape[0] == 3
