@@ -884,7 +884,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace, data: Path, synthetic: bool) -> int:
     from impl.data import MiniPlaces, val_transform
-    from impl.report import write_report
+    from impl.demo_report import write_report
     from impl.train import evaluate, load_checkpoint, load_weights, make_eval_loader
 
     train_argv = [
