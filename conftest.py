@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 # Verdicts must be reproducible: derandomized, no deadline (torch's first calls are slow on 2 cores). The spec's
 # function-scoped fixtures (the subject's callables, seeding) hold no per-example state, so sharing them is safe.
@@ -18,7 +18,11 @@ settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True
 settings.register_profile("dev", deadline=None, print_blob=True, suppress_health_check=_QUIET)
 # A foreign file's run (--impl PATH): the same examples every run and no example database, which would replay a
 # previous run's failures and so change the next verdict.
-settings.register_profile("verify", parent=settings.get_profile("ci"), database=None)
+# No shrinking either: a failing example is reported as first drawn (the same every run), and shrinking a student's
+# failures cost more than the rest of the run.
+settings.register_profile(
+    "verify", parent=settings.get_profile("ci"), database=None, phases=[Phase.explicit, Phase.generate]
+)
 
 
 def hypothesis_profile(impl: str, environ: os._Environ[str] | dict[str, str]) -> str:

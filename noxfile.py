@@ -7,11 +7,13 @@ never per session. Arguments after `--` reach the underlying command.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import nox
 
 # "python" on PATH may be another interpreter: run the one nox itself runs in (.venv's).
 PYTHON = sys.executable
+HERE = Path(__file__).resolve().parent
 
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["verify"]
@@ -19,8 +21,30 @@ nox.options.sessions = ["verify"]
 
 @nox.session
 def verify(session: nox.Session) -> None:
-    """The spec tree against `impl` (or `-- --impl path/to/student_code.py`)."""
-    session.run(PYTHON, "-m", "pytest", *session.posargs)
+    """The spec tree against `impl`, or `-- --impl path/to/student_code.py`: that file's subject tests and report card.
+
+    The checkout's rootdir and config are passed explicitly and the --impl path is made absolute (from the folder nox
+    was invoked in): otherwise pytest takes its rootdir from the student's path and never loads the spec's conftest.
+    """
+    args = _absolute_impl(session.posargs, Path(session.invoked_from))
+    session.run(PYTHON, "-m", "pytest", f"--rootdir={HERE}", f"--config-file={HERE / 'pyproject.toml'}", *args)
+
+
+def _absolute_impl(args: list[str], invoked_from: Path) -> list[str]:
+    """`--impl X` and `--impl=X` as `--impl=<absolute X>` when X is a file path (a module name stays as it is)."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--impl" and i + 1 < len(args):
+            arg, i = f"--impl={args[i + 1]}", i + 1
+        if arg.startswith("--impl="):
+            value = arg.removeprefix("--impl=")
+            path = invoked_from / Path(value).expanduser()
+            if value.endswith(".py") or path.is_file():
+                arg = f"--impl={path.resolve()}"
+        out.append(arg)
+        i += 1
+    return out
 
 
 @nox.session

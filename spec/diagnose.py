@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from impl.verify import KNOWN_MISTAKE
+
 Variants = Mapping[str, Callable[[], Tensor]]
 
 
@@ -39,24 +41,24 @@ def explain(what: str, got: Tensor, want: Tensor, config: Any, variants: Variant
         return f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)} ({config})"
     message = f"{what}: max abs err {max_err(got, want):.3g} ({config})"
     mistake = matching_mistake(got, variants, tol)
-    return f"{message} — matches the known mistake: {mistake}" if mistake else message
+    return f"{message} — {KNOWN_MISTAKE}: {mistake}" if mistake else message
 
 
 # --- §3.1.1 convolution ------------------------------------------------------------------------------------------
 
 
 def conv_forward_variants(x: Tensor, w: Tensor, b: Tensor | None, stride: int, padding: int) -> Variants:
-    out = {"kernel flipped (true convolution instead of torch's cross-correlation)": lambda: F.conv2d(
-        x, w.flip(2, 3), b, stride, padding
-    )}
+    out = {
+        "kernel flipped (true convolution instead of torch's cross-correlation)": lambda: F.conv2d(
+            x, w.flip(2, 3), b, stride, padding
+        )
+    }
     if b is not None:
         out = {"bias ignored": lambda: F.conv2d(x, w, None, stride, padding), **out}
     return out
 
 
-def conv_grad_variants(
-    x: Tensor, w: Tensor, g: Tensor, stride: int, padding: int
-) -> dict[str, Variants]:
+def conv_grad_variants(x: Tensor, w: Tensor, g: Tensor, stride: int, padding: int) -> dict[str, Variants]:
     """Wrong gradients of input, weight and bias for the output gradient `g`."""
     gw = torch.nn.grad.conv2d_weight(x, w.shape, g, stride, padding)
     return {

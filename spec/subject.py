@@ -88,10 +88,3 @@ def need(subject: ModuleType, name: str) -> Any:
         return getattr(subject, name)
     except AttributeError:
         pytest.skip(f"the implementation under test ({subject.__name__}) does not define `{name}`")
-
-
-def ours_only(subject: ModuleType, what: str) -> None:
-    """Skip unless the subject is this project's `impl`: `what` is our contract, not the course interface
-    (e.g. the wording of input validation), so a foreign implementation is not failed for lacking it."""
-    if subject.__name__ != "impl":
-        pytest.skip(f"{what} is a miniplaces-lab extension, not part of the course interface")

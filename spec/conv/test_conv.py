@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
+from torch.autograd.gradcheck import GradcheckError
 
 from spec import diagnose
 from spec.subject import need
@@ -102,7 +103,7 @@ def test_gradcheck_float64(conv_fn: ConvFn, case: ConvCase, needs: tuple[bool, b
             atol=1e-5,
             fast_mode=True,  # checks random projections of the Jacobian: same power for a wrong formula, ~50x faster
         )
-    except torch.autograd.gradcheck.GradcheckError as exc:
+    except GradcheckError as exc:
         first = str(exc).splitlines()[0].replace("input 0", "input").replace("input 1", "weight")
         pytest.fail(f"gradcheck: {first.replace('input 2', 'bias')} ({case}, needs_input_grad={needs})", pytrace=False)
 
