@@ -445,7 +445,7 @@ def _run_dir_for(args: argparse.Namespace, model_arch: str) -> Path:
 
     if args.resume is not None and args.resume.resolve().parent.name == "models" and args.out is None:
         return args.resume.resolve().parent.parent
-    return new_run_dir(args.out or DEFAULT_OUT, model_arch)
+    return new_run_dir(args.out or DEFAULT_OUT, model_arch, create=not args.evaluate)
 
 
 def _says_complete(args: argparse.Namespace, ckpt: dict[str, Any], cfg: TrainConfig) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
 import math
@@ -798,14 +799,22 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
-def new_run_dir(out: Path, model_arch: str) -> Path:
-    """`<out>/<YYYYmmdd-HHMMSS>-<arch>` (no spaces or colons), with a numeric suffix if that name is taken."""
+def new_run_dir(out: Path, model_arch: str, *, create: bool = False) -> Path:
+    """`<out>/<YYYYmmdd-HHMMSS>-<arch>` (no spaces or colons), with a numeric suffix if that name is taken. With
+    `create` the folder is made here, exclusively: two runs started in the same second get different folders."""
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{model_arch}".replace(" ", "_").replace(":", "-")
-    path, n = out / stem, 1
-    while path.exists():
-        n += 1
-        path = out / f"{stem}-{n}"
-    return path
+    for n in itertools.count(1):
+        path = out / (stem if n == 1 else f"{stem}-{n}")
+        if path.exists():
+            continue
+        if not create:
+            return path
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

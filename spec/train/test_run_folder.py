@@ -213,3 +213,11 @@ def test_an_enospc_while_saving_names_the_checkpoint_not_the_temporary(tmp_path,
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "models" / CHECKPOINT_NAME)["epoch"] == 1, "the last checkpoint was damaged"
     assert not list(tmp_path.rglob(".*.tmp")), "temporaries left behind"
+
+
+def test_run_folders_claimed_in_the_same_second_are_distinct(tmp_path):
+    from impl.train import new_run_dir
+
+    first, second = new_run_dir(tmp_path, "tiny", create=True), new_run_dir(tmp_path, "tiny", create=True)
+    assert first != second and first.is_dir() and second.is_dir(), (first, second)
+    assert not new_run_dir(tmp_path / "x", "tiny").exists(), "without create nothing is made"
