@@ -30,9 +30,11 @@ def model(device: str | torch.device) -> nn.Module:
     return SimpleNet(num_classes=100).to(device).eval()
 
 
-def eval_step(candidate: str, device: str | torch.device, steps: int = 10) -> Callable[[], object]:
+def eval_step(
+    candidate: str, device: str | torch.device, steps: int = 10, n: int = BATCH, size: int = SIZE
+) -> Callable[[], object]:
     """One validation batch: clean forward, or attack + forward (pixel PGD, course PGD, FGSM)."""
-    net, (x, y) = model(device), batch(device)
+    net, (x, y) = model(device), batch(device, n, size)
     course = PGDAttack(nn.CrossEntropyLoss(), num_steps=steps)
     attacks: dict[str, Callable[[], torch.Tensor]] = {
         "clean": lambda: x,
@@ -50,9 +52,9 @@ def eval_step(candidate: str, device: str | torch.device, steps: int = 10) -> Ca
     return step
 
 
-def train_step(candidate: str, device: str | torch.device) -> Callable[[], None]:
+def train_step(candidate: str, device: str | torch.device, n: int = BATCH, size: int = SIZE) -> Callable[[], None]:
     """One SGD step on a natural, PGD-3 (the seed: ε 8/255, α 0.01) or FGSM-RS batch."""
-    net, (x, y) = model(device).train(), batch(device)
+    net, (x, y) = model(device).train(), batch(device, n, size)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     perturbs = {"natural": None, "pgd-3": AdvTrainConfig("pgd", steps=3), "fgsm-rs": AdvTrainConfig("fgsm-rs")}
     cfg = perturbs[candidate]

@@ -1,0 +1,85 @@
+"""Side-by-side timing: every candidate once per round, in a fresh random order, medians of the rounds.
+
+On a shared machine, load from other processes then spreads over all candidates instead of landing on whichever ran
+during a busy spell, so ratios between candidates hold where absolute times do not. Results are written as
+pytest-benchmark-shaped JSON (`benchmarks[].stats.median`, `extra_info.table/case/candidate/baseline`), the format
+the table script of bench/ reads from reports/raw/.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+
+from bench.conftest import _git_commit
+from bench.device import device_label
+
+METHOD = "one interleaved loop, random order per round, median of rounds"
+
+
+def interleave(
+    fns: Mapping[str, Callable[[], object]], rounds: int, device: torch.device, seed: int = 0
+) -> dict[str, list[float]]:
+    """Seconds per round of every candidate (after one warm-up call each); CUDA work is synchronized per call."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for fn in fns.values():
+        fn()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order, rng = list(fns), random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            t0 = time.perf_counter()
+            fns[name]()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median_ms(times: Mapping[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def entry(table: str, case: str, candidate: str, seconds: list[float], baseline: bool, **info: object) -> dict:
+    """One benchmark record; `info` entries that are None are left out."""
+    iqr = 0.0
+    if len(seconds) >= 2:
+        q = statistics.quantiles(seconds, n=4)
+        iqr = q[2] - q[0]
+    extra = {"table": table, "case": case, "candidate": candidate, "baseline": baseline}
+    extra.update({k: v for k, v in info.items() if v is not None})
+    stats = {"median": statistics.median(seconds), "iqr": iqr, "rounds": len(seconds), "data": list(seconds)}
+    return {"name": f"{table}[{candidate}]", "group": f"{table}:{case}", "stats": stats, "extra_info": extra}
+
+
+def raw_file(device: torch.device, benchmarks: list[dict], **machine: object) -> dict:
+    """The JSON document: machine facts (device, torch, threads, commit, method) and the records."""
+    info = {
+        "device": device_label(device),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "commit": _git_commit(),
+        "method": METHOD,
+        **machine,
+    }
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    return {"machine_info": info, "datetime": now, "benchmarks": benchmarks}
+
+
+def write(raw: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(raw, indent=1) + "\n")
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
