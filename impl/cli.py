@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_download(sub)
     _add_demo(sub)
     __import__("impl.verify", fromlist=["add_parser"]).add_parser(sub)  # check a student_code.py: report card
+    __import__("impl.experiments", fromlist=["_add_reproduce"])._add_reproduce(sub)  # the seed's experiments
     return parser
 
 
