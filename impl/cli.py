@@ -7,8 +7,10 @@
     miniplaces demo [--data DIR]                the main job: data, a short SimpleNet run, evaluation, a report
 
 Each subcommand is one `_add_<name>(subparsers)` function that registers its flags and sets `func`, the function that
-runs it; adding a subcommand is one such function plus one line in `build_parser`. This is the top room: it may import
-every other one. Errors the user can fix exit with status 2 and one line naming the culprit, never a traceback.
+runs it; adding a subcommand is one such function plus one line in `build_parser`. Jobs a test or a notebook can call
+live beside it: the demo in impl/demo.py, the robustness report in impl/robustness.py; this module parses flags and
+dispatches. This is the top room: it may import every other one. Errors the user can fix exit with status 2 and one
+line naming the culprit (the flag the user typed, or the file), never a traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import itertools
 import logging
 import os
 import re
@@ -30,7 +31,6 @@ from torch import nn
 
 if TYPE_CHECKING:
     from impl.adversarial import AdversarialTraining
-    from impl.attack import Mode, RobustnessReport
     from impl.train import TrainConfig, WeightsMismatch
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ FLAGS: dict[str, dict[str, str]] = {
     "AttackSpec": {"eps": "--attack-eps", "alpha": "--attack-alpha", "steps": "--attack-steps"},
     "AdvTrainConfig": {"method": "--adv-train", "eps": "--adv-eps", "alpha": "--adv-alpha", "steps": "--adv-steps"},
 }
-DEFAULT_SYNTH_ROOT = Path("data/miniplaces-synthetic")
 DEFAULT_OUT = Path("logs")
 
 
@@ -682,15 +681,19 @@ def run_attack(args: argparse.Namespace, model: nn.Module, val_loader: Any, devi
     run: `attack-2.md` and `attack-2/`, and so on, never over an earlier one); with `-v` the TensorBoard grids
     `Image/Org_Image` and `Image/Adv_Image`. A failed sanity check is printed as a warning (and recorded in attack.md).
     """
+    from impl.robustness import robustness_report
     from impl.train import dist_info
 
     if dist_info().world_size > 1:
         raise UsageError("-a/--attack runs in one process: start it without torchrun")
-    report, main, written = robustness_report(
-        model, val_loader, device, run_dir, mode=args.attack_mode, eps=args.attack_eps, alpha=args.attack_alpha,
-        steps=args.attack_steps, sweep=args.attack_sweep, max_batches=args.attack_batches,
-        figures=args.attack_figures, vis=args.vis, amp=args.amp, progress=args.progress,
-    )  # fmt: skip
+    try:
+        report, main, written = robustness_report(
+            model, val_loader, device, run_dir, mode=args.attack_mode, eps=args.attack_eps, alpha=args.attack_alpha,
+            steps=args.attack_steps, sweep=args.attack_sweep, max_batches=args.attack_batches,
+            figures=args.attack_figures, vis=args.vis, amp=args.amp, progress=args.progress,
+        )  # fmt: skip
+    except ValueError as exc:  # the attack's settings (AttackSpec: eps ...) or the data
+        raise UsageError(name_flags(_one_line(exc))) from exc
     print(report.to_markdown())
     result = report.result(main)
     print(f"clean val top-1 {report.clean_top1:.2f}%  top-5 {report.clean_top5:.2f}%")
@@ -699,83 +702,6 @@ def run_attack(args: argparse.Namespace, model: nn.Module, val_loader: Any, devi
         print(f"WARNING: sanity check failed: {check.name}: {check.detail}", file=sys.stderr)
     print(f"report: {written}")
     return 0
-
-
-def robustness_report(
-    model: nn.Module,
-    val_loader: Any,
-    device: torch.device,
-    run_dir: Path,
-    *,
-    mode: Mode = "course",
-    eps: float | None = None,
-    alpha: float | None = None,
-    steps: int = 10,
-    sweep: bool = False,
-    max_batches: int | None = None,
-    figures: int = 4,
-    vis: bool = False,
-    amp: str = "off",
-    progress: bool = False,
-    class_names: Sequence[str] | None = None,
-) -> tuple[RobustnessReport, str, Path]:
-    """Evaluate, draw the first batch's figures, write `<run_dir>/attack.md` (or the next free `attack-<n>.md`, its
-    figures in `attack[-<n>]/`); returns (report, the main attack's name, the markdown file written)."""
-    from impl.attack import default_specs, evaluate_robustness, sweep_specs
-    from impl.train import autocast
-    from impl.viz import log_image_grids, save_attack_figures
-
-    try:
-        main_spec = default_specs(mode, eps, steps, alpha)[0]
-        specs = sweep_specs(mode, eps, steps, alpha) if sweep else default_specs(mode, eps, steps, alpha)
-    except ValueError as exc:
-        raise UsageError(name_flags(str(exc))) from exc
-    classes = class_names or getattr(getattr(val_loader, "dataset", None), "classes", None)
-    markdown, figure_dir = _claim_attack_names(run_dir)
-    written: list[Path] = []
-
-    def on_batch(i: int, images: torch.Tensor, labels: torch.Tensor, adversarial: dict[str, torch.Tensor]) -> None:
-        if i != 0:
-            return
-        adv = adversarial[main_spec.name]
-        with torch.no_grad():
-            clean_pred, adv_pred = model(images).argmax(1), model(adv).argmax(1)
-        if figures > 0:
-            written.extend(save_attack_figures(figure_dir, images, adv, labels, clean_pred, adv_pred, classes, figures))
-        if vis:
-            from torch.utils.tensorboard import SummaryWriter
-
-            with SummaryWriter(str(run_dir)) as writer:
-                log_image_grids(writer, 0, images, adv)
-            log.info("wrote Image/Org_Image and Image/Adv_Image to TensorBoard in %s", run_dir)
-
-    log.info("Generating adversarial samples for the model ..")
-    with autocast(device, amp):
-        report = evaluate_robustness(
-            model, val_loader, specs, device, max_batches=max_batches, progress=progress, on_batch=on_batch
-        )
-    units = "normalized units" if mode == "course" else "pixel units"
-    lines = [f"# Robustness ({mode} mode, {units}), {report.n} val images", "", report.to_markdown(), ""]
-    lines += [f"![{p.stem}]({figure_dir.name}/{p.name})" for p in written]
-    markdown.write_text("\n".join(lines) + "\n")
-    return report, main_spec.name, markdown
-
-
-def _claim_attack_names(run_dir: Path) -> tuple[Path, Path]:
-    """The first free (`attack.md`, `attack/`), (`attack-2.md`, `attack-2/`), ...: the markdown file is created
-    exclusively, so two attacks of one run at once still get different names."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for n in itertools.count(1):
-        stem = "attack" if n == 1 else f"attack-{n}"
-        markdown, figures = run_dir / f"{stem}.md", run_dir / stem
-        if figures.exists():
-            continue
-        try:
-            markdown.open("x").close()
-        except FileExistsError:
-            continue
-        return markdown, figures
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -831,6 +757,9 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from impl.demo import DemoConfig
+
+    d = DemoConfig()
     p = sub.add_parser(
         "demo",
         help="the main job: synthetic data (unless --data), SimpleNet, evaluation, report",
@@ -838,132 +767,52 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "few epochs, evaluates the best checkpoint with flip averaging and writes report.md with its "
         "curves into the run folder.",
     )
-    p.add_argument("--data", type=Path, default=None, metavar="DIR", help="a real MiniPlaces root (default: synthetic)")
+    p.add_argument(
+        "--data", type=Path, default=d.data, metavar="DIR", help="a real MiniPlaces root (default: synthetic)"
+    )
     p.add_argument(
         "--synth-root",
         type=Path,
-        default=DEFAULT_SYNTH_ROOT,
+        default=d.synth_root,
         metavar="DIR",
-        help=f"where the synthetic set lives or is made (default: {DEFAULT_SYNTH_ROOT})",
+        help=f"where the synthetic set lives or is made (default: {d.synth_root})",
     )
-    p.add_argument("--model", choices=MODELS, default="simplenet")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("-b", "--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("-j", "--workers", type=int, default=2)
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=2022)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help="parent of the run folder")
+    p.add_argument("--model", choices=MODELS, default=d.model)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("-b", "--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("-j", "--workers", type=int, default=d.workers)
+    p.add_argument("--device", default=d.device, help="torch device (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", type=Path, default=d.out, metavar="DIR", help="parent of the run folder")
     p.add_argument(
         "--attack-images",
         type=int,
-        default=64,
+        default=d.attack_images,
         metavar="N",
-        help="val images attacked (course-mode PGD-10) for the report's robustness section; 0 skips it (default: 64)",
+        help="val images attacked (course-mode PGD-10) for the report's robustness section; 0 skips it "
+        f"(default: {d.attack_images})",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from impl.data import DataError, make_synthetic
+    """`miniplaces demo`: the flags as a DemoConfig, then impl.demo.run_demo."""
+    from impl.data import DataError
+    from impl.demo import DemoConfig, DemoTrainingFailed
+    from impl.demo import run_demo as demo
     from impl.train import CheckpointError
 
-    synthetic = args.data is None
-    data = args.synth_root if synthetic else args.data
+    cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
     try:
-        if synthetic and not (data / "train.txt").is_file():
-            log.info("making the SYNTHETIC dataset in %s", data)
-            make_synthetic(data)
-        elif not synthetic and not data.is_dir():
-            raise UsageError(f"--data {data} does not exist")
-        return _demo(args, data, synthetic)
-    except (DataError, CheckpointError, ValueError, OSError) as exc:
+        report = demo(cfg)
+    except DemoTrainingFailed as exc:  # the train step printed why
+        return exc.status
+    except (DataError, CheckpointError, ValueError) as exc:
         raise UsageError(_one_line(exc)) from exc
-
-
-def _demo(args: argparse.Namespace, data: Path, synthetic: bool) -> int:
-    from impl.data import MiniPlaces, val_transform
-    from impl.demo_report import write_report
-    from impl.train import evaluate, load_checkpoint, load_weights, make_eval_loader
-
-    train_argv = [
-        "train",
-        str(data),
-        "--model",
-        args.model,
-        "--epochs",
-        str(args.epochs),
-        "--warmup",
-        str(args.warmup),
-        "-b",
-        str(args.batch_size),
-        "--lr",
-        str(args.lr),
-        "-j",
-        str(args.workers),
-        "--seed",
-        str(args.seed),
-        "--out",
-        str(args.out),
-    ]
-    if args.device:
-        train_argv += ["--device", args.device]
-    if not args.progress:
-        train_argv.append("--no-progress")
-    train_args = build_parser().parse_args(train_argv)
-    train_args.out.mkdir(parents=True, exist_ok=True)
-    before = set(train_args.out.iterdir())
-    status = run_train(train_args)
-    if status:
-        return status
-    (run_dir,) = [p for p in train_args.out.iterdir() if p not in before]
-    best = run_dir / "models" / "model_best.pth.tar"
-    device = _resolve_device(train_args, None)
-    val_set = MiniPlaces(data, "val", transform=val_transform())
-    model = build_model(args.model, val_set.num_classes).to(device)
-    load_weights(model, load_checkpoint(best, device), best)
-    log.info("evaluating %s with flip averaging", best)
-    final = evaluate(model, make_eval_loader(val_set, 100, workers=args.workers), device=device, flip=True)
-    report = write_report(
-        run_dir,
-        data=data,
-        synthetic=synthetic,
-        model_arch=args.model,
-        flip_eval=final,
-        classes=val_set.classes,
-        device=str(device),
-    )
-    if args.attack_images > 0:
-        _demo_attack_section(report, model, val_set, device, run_dir, args.attack_images, args.workers)
+    except OSError as exc:
+        raise UsageError(os_error_line(exc)) from exc
     print(f"report: {report}")
     return 0
-
-
-def _demo_attack_section(
-    report: Path, model: nn.Module, val_set: Any, device: torch.device, run_dir: Path, n: int, workers: int
-) -> None:
-    """Append the robustness table, its sanity checks and a 4-panel figure to the demo's report.md."""
-    from torch.utils.data import Subset
-
-    from impl.train import make_eval_loader
-
-    subset = Subset(val_set, range(min(n, len(val_set))))
-    loader = make_eval_loader(subset, 64, workers=workers)
-    result, main, markdown = robustness_report(model, loader, device, run_dir, figures=2, class_names=val_set.classes)
-    section = [
-        "",
-        f"## Robustness: course-mode PGD on {result.n} val images",
-        "",
-        "PGD-10 toward each image's least confident class, eps = 0.1 in normalized units (about 6/255 in pixels), "
-        "with FGSM and uniform noise in the same ball as baselines; the checks are the Carlini et al. (2019) "
-        f"sanity list. Full table: `{markdown.name}`.",
-        "",
-        result.to_markdown(),
-        "",
-        f"![{main}: original, adversarial, perturbation x20, heatmap]({markdown.stem}/attack_0.png)",
-        "",
-    ]
-    with report.open("a") as fh:
-        fh.write("\n".join(section))

@@ -309,3 +309,22 @@ def test_patch_size_zero_is_a_clear_error():
 
     with pytest.raises(ValueError, match="patch_size must be >= 1, got 0"):
         SimpleViT(patch_size=0)
+
+
+def test_the_robustness_report_is_callable_and_never_overwrites_an_earlier_one(tiny_data, tmp_path):
+    """impl.robustness is what `-a` runs; called twice on one run folder it writes attack.md, then attack-2.md."""
+    from impl.data import MiniPlaces, val_transform
+    from impl.robustness import robustness_report
+    from impl.train import make_eval_loader
+
+    torch.manual_seed(0)
+    loader = make_eval_loader(MiniPlaces(tiny_data, "val", transform=val_transform()), 6)
+    written = []
+    for _ in range(2):
+        report, main, markdown = robustness_report(
+            SimpleNet(num_classes=3).eval(), loader, torch.device("cpu"), tmp_path, steps=1, max_batches=1, figures=1
+        )
+        written.append(markdown)
+        assert report.n == 6 and main == "pgd-1 eps=0.1" and f"]({markdown.stem}/attack_0.png)" in markdown.read_text()
+    assert [p.name for p in written] == ["attack.md", "attack-2.md"]
+    assert (tmp_path / "attack" / "attack_0.png").is_file() and (tmp_path / "attack-2" / "attack_0.png").is_file()
