@@ -137,9 +137,13 @@ def render(card: ReportCard) -> str:
     for r in card.rows:
         lines.append(f"  {r.part:<18} {r.status:<8} {_pts(r.points):>3}/{_pts(r.max_points):<3}  {r.diagnosis}")
     total = {o: sum(r.counts.get(o, 0) for r in card.rows) for o in OUTCOMES}
-    n = sum(total.values())
+    course = [r for r in card.rows if r.part != "bonus"]
+    score = f"score {_pts(sum(r.points for r in course))}/{_pts(sum(r.max_points for r in course))}"
+    if len(course) < len(card.rows):
+        bonus = card.row("bonus")
+        score += f" + bonus {_pts(bonus.points)}/{_pts(bonus.max_points)}"
     lines.append(
-        f"  score {_pts(card.score)}/{_pts(card.max_score)} · {n} tests of the subject: "
+        f"  {score} · {sum(total.values())} tests of the subject: "
         + ", ".join(f"{total[o]} {o}" for o in OUTCOMES)
         + f" · exit {card.exit_code}"
     )

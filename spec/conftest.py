@@ -19,7 +19,7 @@ import torch
 
 from impl.verify import PARTS, build_card, render
 from spec import diagnose
-from spec.contract import Contract, contract_of, uses_subject
+from spec.contract import FILE_PARTS, Contract, contract_of, uses_subject
 from spec.subject import SubjectLoadError, load_subject
 
 SPEC = Path(__file__).parent
@@ -58,10 +58,28 @@ def _deterministic_numerics() -> None:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """A foreign run collects only test files that mention the subject: our own code's tests never run for it."""
-    if _foreign(config) and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
-        return b"subject" not in collection_path.read_bytes() or None
+    """A foreign run (or a --parts run) collects only the test files that can hold the subject tests it needs, and
+    skips the other folders whole: our own code's tests and their conftests never load for a student's file."""
+    foreign, parts = _foreign(config), _parts(config)
+    if not (foreign or parts) or collection_path == SPEC or not collection_path.is_relative_to(SPEC):
+        return None
+    if collection_path.is_dir():
+        return not any(_holds(f, parts) for f in collection_path.rglob("test_*.py")) or None
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return not _holds(collection_path, parts) or None
     return None
+
+
+def _holds(test_file: Path, parts: set[str]) -> bool:
+    """Whether `test_file` may hold subject tests of `parts` (all parts when empty): it uses the subject, and its
+    file part (spec/contract.py) or one of its part markers is among them."""
+    text = test_file.read_text(encoding="utf-8", errors="replace")
+    if "subject" not in text:
+        return False
+    if not parts:
+        return True
+    default = FILE_PARTS.get(test_file.relative_to(SPEC).as_posix())
+    return default in parts or any(f'part("{p}")' in text for p in parts)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
