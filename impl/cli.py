@@ -78,6 +78,21 @@ def name_flags(message: str) -> str:
     return re.sub(r"\b(" + "|".join(flags) + r")(?:\.|: )(\w+)", flag, message)
 
 
+# the flags with two spellings; messages use the first, or the second where the user typed that one
+ALIASES = (("-b", "--batch-size"), ("-j", "--workers"), ("-p", "--print-freq"), ("--wd", "--weight-decay"),
+           ("--lr", "--learning-rate"), ("-e", "--evaluate"), ("-a", "--attack"), ("-v", "--vis"))  # fmt: skip
+
+
+def as_typed(message: str, argv: Sequence[str]) -> str:
+    """Spell each flag of `message` as the user did: `-b must be >= 1` becomes `--batch-size must be >= 1` after
+    `--batch-size 0` (the spelling typed last wins, as in argparse; `-e/--evaluate` is left alone)."""
+    last = {a.split("=", 1)[0]: i for i, a in enumerate(argv)}  # where each flag was last typed (the one that counts)
+    for short, long in ALIASES:
+        if last.get(long, -1) > last.get(short, -1):
+            message = re.sub(rf"(?<![\w/-]){re.escape(short)}(?![\w/-])", long, message)
+    return message
+
+
 def os_error_line(exc: OSError) -> str:
     """A failed write in one line: which file, and whether the disk is full or the place is not writable."""
     where = exc.filename or "a file"
@@ -97,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"miniplaces {args.command}: error: {exc}", file=sys.stderr)
+        message = as_typed(str(exc), sys.argv[1:] if argv is None else argv)
+        print(f"miniplaces {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(_interrupted_line(exc), file=sys.stderr)

@@ -242,6 +242,8 @@ def test_nan_weights_are_refused_naming_the_tensor_not_evaluated(tiny_data, tmp_
     ("argv", "flag"),
     [
         (["-j", "-1"], "-j must be >= 0"),
+        (["--workers", "-1"], "--workers must be >= 0"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
         (["--wd", "-1"], "--wd must be >= 0"),
         (["-p", "0"], "-p must be >= 1"),

@@ -221,3 +221,16 @@ def test_run_folders_claimed_in_the_same_second_are_distinct(tmp_path):
     first, second = new_run_dir(tmp_path, "tiny", create=True), new_run_dir(tmp_path, "tiny", create=True)
     assert first != second and first.is_dir() and second.is_dir(), (first, second)
     assert not new_run_dir(tmp_path / "x", "tiny").exists(), "without create nothing is made"
+
+
+def test_a_resume_with_another_worker_count_is_still_bit_exact(tmp_path):
+    """-j is not part of what a resume fixes: 2 epochs with -j 0 equal 1 epoch with -j 0, a kill, and -j 2."""
+    cfg = quiet_config(epochs=2)
+    straight, _ = _run(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, run_dir=tmp_path, train_set=NoisyDataset(tensor_dataset(64), fail_at=64 + 20))
+    resumed, _ = _run(
+        dataclasses.replace(cfg, workers=2), run_dir=tmp_path, resume=tmp_path / "models" / CHECKPOINT_NAME
+    )
+    diff = _max_diff(straight.state_dict(), resumed.state_dict())
+    assert diff == 0.0, f"resuming with -j 2 differs from the straight -j 0 run by max abs {diff:.3e}"
