@@ -214,7 +214,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         type=Path,
         metavar="PATH",
-        help="checkpoint to continue (with the same -b, --epochs, --warmup and --lr) or evaluate",
+        help="checkpoint to continue (with the same -b, --epochs, --warmup, --lr, --wd, --momentum) or evaluate",
     )
     p.add_argument(
         "-e", "--evaluate", action="store_true", help="evaluate the --resume checkpoint on val with flip averaging"
