@@ -5,7 +5,7 @@ Two exact algorithms, chosen by one switch, `algorithm`:
 - ``"unfold"`` — the seed's: im2col with ``F.unfold``, one GEMM with the flattened weight; backward computes
   Wᵀ·dY and folds it back (``F.fold``), and dW = Σ_n dY·colsᵀ. It saves the columns, K_h·K_w times the input.
 - ``"fast"`` (default of :class:`CustomConv2d`) — saves only the input and the weight (what the native convolution
-  saves) and works on channels-last rows, so that an activation is a (rows, C) matrix without a copy:
+  saves) and works in the input's own layout. On channels-last input an activation is a (rows, C) matrix:
 
   * stride 1 (every SimpleNet layer but the stem) needs no im2col. Flatten the padded input to rows
     r = (n·Hp + h)·Wp + w: kernel tap (a, b) of output row r reads input row r + a·Wp + b, so a tap is one GEMM of
@@ -17,15 +17,19 @@ Two exact algorithms, chosen by one switch, `algorithm`:
     on views. This replaced a K²-fold im2col copy and a K²-step col2im loop that cost more than the GEMMs.
   * stride > 1 (the 7×7/2 stem): channels-last im2col as a strided view in batch chunks under
     ``COLUMN_BUDGET_BYTES``, one GEMM per chunk, recomputed in backward (col2im only when the input needs a grad).
+  * NCHW input (the course's layout) keeps NCHW throughout, so no layer pays a layout copy: a sample is a
+    (C, H·W) matrix and every GEMM is oriented as out[n] = W·X[n] on views. A 1×1 conv is one batched GEMM with
+    no copy at all; a stride-1 K×K conv runs the shifted-GEMM trick per sample on the padded (C, Hp·Wp) plane, a
+    kernel row at a time against the sample widened to Kw·C rows (batch chunks), and its grad_input is the same
+    correlation run on dY with the flipped kernel; the stem writes Wmat·colsᵀ straight into the NCHW output.
 
   Layout: the output and grad_input keep the input's layout, as ``F.conv2d`` does (course code calls ``.view`` on
-  conv outputs), so an NCHW network pays a layout copy per layer; a channels-last model and input avoid it.
+  conv outputs); channels-last inputs take the row paths above, NCHW inputs the plane paths.
 
-  Speed and memory against native are in reports/conv.md (``nox -s bench``). What limits speed on CPU is the GEMMs:
-  ``torch.mm`` (MKL) runs these shapes slower than the oneDNN kernels behind ``F.conv2d``, so 3×3 layers and the
-  stem stay behind native in any layout, while 1×1 layers (one GEMM) can beat it. Peak memory of a training step
-  equals native's: the saved state is the same (input + weight), and every transient (padded copies, grids,
-  chunks ≤ ``COLUMN_BUDGET_BYTES``) stays below the activations' peak at the first ReLU backward.
+  Speed and memory against native are in reports/conv.md and reports/memory.md (``nox -s bench``). What limits
+  speed on CPU is the GEMMs: ``torch.mm``/``bmm`` (MKL) run the thin K×K shapes slower than the oneDNN kernels
+  behind ``F.conv2d``, while 1×1 layers (one GEMM on views, no reorder) beat it. The saved state is native's
+  (input + weight); transients (padded copies, planes, chunks ≤ ``COLUMN_BUDGET_BYTES``) are freed in the call.
 
 No convolution function is used inside: only unfold/fold, strided views, matmul and elementwise ops.
 """
@@ -160,15 +164,19 @@ def _weight_matrix(weight: Tensor) -> Tensor:
 
 
 def _fast_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair) -> Tensor:
-    if stride == (1, 1):
-        return _shift_forward(x, weight, bias, pad, out_hw)
-    return _im2col_forward(x, weight, bias, stride, pad, out_hw)
+    if stride != (1, 1):
+        return _im2col_forward(x, weight, bias, stride, pad, out_hw)
+    if not is_channels_last(x):
+        return _nchw_forward(x, weight, bias, pad, out_hw)
+    return _shift_forward(x, weight, bias, pad, out_hw)
 
 
 def _fast_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    if ctx.stride == (1, 1):
-        return _shift_backward(ctx, grad_out)
-    return _im2col_backward(ctx, grad_out)
+    if ctx.stride != (1, 1):
+        return _im2col_backward(ctx, grad_out)
+    if not ctx.channels_last:
+        return _nchw_backward(ctx, grad_out.contiguous())
+    return _shift_backward(ctx, grad_out)
 
 
 # Stride 1: the kernel taps as shifted row blocks of the padded input.
@@ -298,17 +306,23 @@ def _im2col_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair
     n, c_out, kernel = x.shape[0], weight.shape[0], (weight.shape[2], weight.shape[3])
     xp = _nhwc_padded(x, pad)
     w_mat = _weight_matrix(weight)  # (C_out, Kh·Kw·C)
-    out = torch.empty((n, c_out, *out_hw), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    out_rows = out.permute(0, 2, 3, 1).view(n * out_hw[0] * out_hw[1], c_out)  # (N·L, C_out), shares out's storage
     rows = out_hw[0] * out_hw[1]
+    if is_channels_last(x):
+        out = _channels_last_empty(x, (n, c_out, *out_hw))
+        out_rows = out.permute(0, 2, 3, 1).view(n * rows, c_out)  # (N·L, C_out), shares out's storage
+    else:  # NCHW: sample n's output is W·colsᵀ, written in place through transposed views
+        out = x.new_empty(n, c_out, *out_hw)
+        out_planes = out.view(n, c_out, rows)
     step = _chunk(n, rows * w_mat.shape[1] * x.element_size())
     for i in range(0, n, step):
-        cols = _columns(xp[i : i + step], kernel, stride, out_hw)  # (n·L, Kh·Kw·C)
-        dst = out_rows[i * rows : (i + cols.shape[0] // rows) * rows]
-        if bias is None:
-            torch.mm(cols, w_mat.t(), out=dst)
+        cols = _columns(xp[i : i + step], kernel, stride, out_hw)  # (k·L, Kh·Kw·C)
+        k = cols.shape[0] // rows
+        if is_channels_last(x):
+            torch.mm(cols, w_mat.t(), out=out_rows[i * rows : (i + k) * rows])
         else:
-            torch.addmm(bias, cols, w_mat.t(), out=dst)
+            torch.matmul(w_mat, cols.view(k, rows, -1).transpose(1, 2), out=out_planes[i : i + k])
+    if bias is not None:
+        out += bias.view(1, -1, 1, 1)
     return out
 
 
@@ -318,7 +332,10 @@ def _im2col_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor 
     c_out, _, kh, kw = ctx.weight_shape
     (sh, sw), (ph, pw), (ho, wo) = ctx.stride, ctx.pad, ctx.out_hw
     rows = ho * wo
-    dy = grad_out.permute(0, 2, 3, 1).reshape(n * rows, c_out)  # (N·L, C_out); no copy if grad is channels_last
+    if ctx.channels_last:
+        dy = grad_out.permute(0, 2, 3, 1).reshape(n * rows, c_out)  # (N·L, C_out); no copy if grad is channels_last
+    else:
+        dy = grad_out.contiguous().view(n, c_out, rows)  # (N, C_out, L)
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     grad_input = grad_weight = None
     if need_x:
@@ -330,10 +347,14 @@ def _im2col_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor 
     step = _chunk(n, rows * kh * kw * c * grad_out.element_size())
     for i in range(0, n, step):
         j = min(n, i + step)
-        dy_i = dy[i * rows : j * rows]
         if need_w:
-            grad_w_mat.addmm_(dy_i.t(), _columns(xp[i:j], (kh, kw), ctx.stride, ctx.out_hw))  # Σ dYᵀ·cols
+            cols = _columns(xp[i:j], (kh, kw), ctx.stride, ctx.out_hw)  # (k·L, Kh·Kw·C)
+            if ctx.channels_last:
+                grad_w_mat.addmm_(dy[i * rows : j * rows].t(), cols)  # Σ dYᵀ·cols
+            else:
+                grad_w_mat += torch.bmm(dy[i:j], cols.view(j - i, rows, -1)).sum(0)
         if need_x:
+            dy_i = dy[i * rows : j * rows] if ctx.channels_last else dy[i:j].transpose(1, 2)  # (k·L | k, L, C_out)
             grad_cols = (dy_i @ w_mat).view(j - i, ho, wo, kh, kw, c)
             for a in range(kh):  # col2im: each kernel tap adds its columns back at its strided offsets
                 for b in range(kw):
@@ -342,10 +363,140 @@ def _im2col_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor 
                     ]
     if need_x:
         grad_input = grad_xp[:, ph : ph + h, pw : pw + w].permute(0, 3, 1, 2)
-        grad_input = grad_input.contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        grad_input = grad_input.contiguous(memory_format=layout)
     if need_w:
         grad_weight = grad_w_mat.view(c_out, kh, kw, c).permute(0, 3, 1, 2).contiguous()
     return grad_input, grad_weight
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# "fast" on NCHW (the course's layout): the same GEMMs oriented so that no layout copy is needed. A sample of an
+# NCHW tensor is a (C, H·W) matrix, so every conv is a batch of per-sample GEMMs W·X[n] on views.
+
+
+def _nchw_forward(x: Tensor, weight: Tensor, bias: Tensor | None, pad: Pair, out_hw: Pair) -> Tensor:
+    if weight.shape[2:] == (1, 1) and pad == (0, 0):
+        n, c, h, w = x.shape
+        out = x.new_empty(n, weight.shape[0], h, w)
+        torch.matmul(weight.view(weight.shape[0], c), x.view(n, c, h * w), out=out.view(n, -1, h * w))  # W·X[n]
+    else:
+        out = _plane_shift_forward(x, weight, pad, out_hw)
+    if bias is not None:
+        out += bias.view(1, -1, 1, 1)
+    return out
+
+
+def _nchw_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    x, weight = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_x or need_w):
+        return None, None
+    n, c_out, ho, wo = grad_out.shape
+    if ctx.weight_shape[2:] == (1, 1) and ctx.pad == (0, 0):
+        c, dy = ctx.input_shape[1], grad_out.view(n, c_out, ho * wo)  # (N, C_out, L)
+        grad_input = torch.matmul(weight.view(c_out, c).t(), dy).view(ctx.input_shape) if need_x else None
+        grad_weight = None
+        if need_w:  # Σ_n dY[n]·X[n]ᵀ; the (N, C_out, C) batch is small next to the activations
+            grad_weight = torch.bmm(dy, x.view(n, c, ho * wo).transpose(1, 2)).sum(0).view(ctx.weight_shape)
+        return grad_input, grad_weight
+    return _plane_shift_backward(ctx, x, weight, grad_out)
+
+
+# Stride 1, K > 1 on NCHW: the padded sample flattened to a plane of L = Hp·Wp positions p = h·Wp + w. Output p reads
+# input p + a·Wp + b for tap (a, b); positions p < m = L - ((Kh-1)·Wp + Kw-1) hold every valid output. A kernel row
+# is one GEMM against the sample "widened" to Kw·C rows (row b·C + c holds channel c shifted by b), so the Kh·Kw taps
+# cost Kh GEMMs with Kw·C-long dot products instead of K² thin ones; batch chunks keep the widened copy under
+# COLUMN_BUDGET_BYTES. The grid's junk columns (w >= Wo) are dropped by one copy into the output.
+
+
+def _widened_planes(planes: Tensor, kw: int) -> Tensor:
+    """(n, C, L) -> (n, Kw·C, L - Kw + 1), row b·C + c holding planes[:, c, b:]; a copy unless Kw = 1."""
+    n, c, length = planes.shape
+    view = planes.as_strided((n, kw, c, length - kw + 1), (planes.stride(0), 1, planes.stride(1), 1))
+    return view.reshape(n, kw * c, length - kw + 1)
+
+
+def _kernel_rows(weight: Tensor) -> Tensor:
+    """(C_out, C, Kh, Kw) -> (Kh, C_out, Kw·C): kernel row a as the matrix the widened rows multiply."""
+    c_out, c, kh, kw = weight.shape
+    return weight.permute(2, 0, 3, 1).reshape(kh, c_out, kw * c)
+
+
+def _plane_correlate(planes: Tensor, rows: Tensor, wp: int, m: int) -> Tensor:
+    """out[n, :, p] = Σ_a rows[a] · widened(planes)[n, :, p + a·Wp] for p < m: (n, C, L) -> (n, C_out, m)."""
+    n, c = planes.shape[:2]
+    kh, c_out, kwc = rows.shape
+    kw = kwc // c
+    out = planes.new_empty(n, c_out, m)
+    step = _chunk(n, kwc * planes.shape[2] * planes.element_size())
+    for i in range(0, n, step):
+        wide = _widened_planes(planes[i : i + step], kw)  # (k, Kw·C, L - Kw + 1)
+        dst = out[i : i + step]
+        k = dst.shape[0]
+        torch.bmm(rows[0].expand(k, c_out, kwc), wide[:, :, :m], out=dst)
+        for a in range(1, kh):
+            dst.baddbmm_(rows[a].expand(k, c_out, kwc), wide[:, :, a * wp : a * wp + m])
+    return out
+
+
+def _grid_window(grid: Tensor, hw: Pair, wp: int) -> Tensor:
+    """(n, C, m) plane of row width Wp -> its (n, C, H, W) window of valid positions (a view)."""
+    n, c, m = grid.shape
+    return grid.as_strided((n, c, *hw), (c * m, m, wp, 1))
+
+
+def _plane_shift_forward(x: Tensor, weight: Tensor, pad: Pair, out_hw: Pair) -> Tensor:
+    kh, kw = weight.shape[2:]
+    xp = F.pad(x, (pad[1], pad[1], pad[0], pad[0])) if pad != (0, 0) else x
+    n, c, hp, wp = xp.shape
+    m = hp * wp - (kh - 1) * wp - (kw - 1)
+    grid = _plane_correlate(xp.view(n, c, hp * wp), _kernel_rows(weight), wp, m)  # (N, C_out, m)
+    return _grid_window(grid, out_hw, wp).contiguous()
+
+
+def _plane_shift_backward(ctx: Any, x: Tensor, weight: Tensor, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """grad_input is the forward's correlation run on dY with the flipped, transposed kernel: dY is placed on a
+    zero plane of row width Wp, shifted by the last tap's offset, so that input position q reads dY at
+    q + offset(flipped tap). The same plane, read at the forward's alignment, gives grad_weight."""
+    n, c, h, w = ctx.input_shape
+    c_out, _, kh, kw = ctx.weight_shape
+    (ph, pw), (ho, wo) = ctx.pad, ctx.out_hw
+    wp = w + 2 * pw
+    last = (kh - 1) * wp + kw - 1  # offset of the last tap
+    m = (h + 2 * ph) * wp - last  # the forward's plane length
+    m_in = (h - 1) * wp + w  # positions from input pixel (0, 0) to (H-1, W-1)
+    shift = last - (ph * wp + pw)  # where dY's (0, 0) sits relative to input pixel (0, 0)
+    front = max(0, -shift)  # padding wider than the kernel puts dY's first rows before input (0, 0)
+    length = front + max(m_in + last, shift + m)
+    plane = grad_out.new_zeros(n, c_out, length)
+    plane.as_strided((n, c_out, ho, wo), (c_out * length, length, wp, 1), front + shift).copy_(grad_out)
+    grad_input = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        rows = _kernel_rows(weight.flip(2, 3).transpose(0, 1))  # (Kh, C, Kw·C_out)
+        planes = plane[:, :, front : front + m_in + last]
+        grad_input = _grid_window(_plane_correlate(planes, rows, wp, m_in), (h, w), wp).contiguous()
+    if ctx.needs_input_grad[1]:
+        xp = F.pad(x, (pw, pw, ph, ph)) if ctx.pad != (0, 0) else x
+        dy_plane = plane[:, :, front + shift : front + shift + m]
+        grad_weight = _plane_grad_weight(xp.view(n, c, -1), dy_plane, (kh, kw), wp)
+    return grad_input, grad_weight
+
+
+def _plane_grad_weight(planes: Tensor, dy_plane: Tensor, kernel: Pair, wp: int) -> Tensor:
+    """dW for kernel row a = Σ_n dY[n]·widened(X)[n, :, a·Wp:]ᵀ over the m valid-aligned positions (dY is zero on
+    the junk ones), in batch chunks of the widened copy."""
+    n, c, length = planes.shape
+    c_out, (kh, kw) = dy_plane.shape[1], kernel
+    m = length - (kh - 1) * wp - (kw - 1)
+    grad_rows = planes.new_zeros(kh, c_out, kw * c)  # (Kh, C_out, Kw·C)
+    step = _chunk(n, kw * c * length * planes.element_size())
+    for i in range(0, n, step):
+        wide = _widened_planes(planes[i : i + step], kw)
+        dy = dy_plane[i : i + step, :, :m]
+        for a in range(kh):
+            grad_rows[a] += torch.bmm(dy, wide[:, :, a * wp : a * wp + m].transpose(1, 2)).sum(0)
+    return grad_rows.view(kh, c_out, kw, c).permute(1, 3, 0, 2).contiguous()  # (C_out, C, Kh, Kw)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -367,9 +518,9 @@ def _forward(
         # Like F.conv2d, the output (and later grad_input) keeps the input's layout: a channels-last network stays
         # copy-free, and an NCHW caller gets NCHW tensors (course code calls `.view` on them).
         ctx.channels_last = is_channels_last(input_feats)
-        out = _fast_forward(input_feats, weight, bias, stride_hw, pad_hw, out_hw)
-        out = out if ctx.channels_last else out.contiguous()
-        ctx.save_for_backward(input_feats if need_w else None, weight if need_x else None)
+        x = input_feats if ctx.channels_last else input_feats.contiguous()
+        out = _fast_forward(x, weight, bias, stride_hw, pad_hw, out_hw)
+        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
     return out
 
 
@@ -458,6 +609,9 @@ class CustomConv2d(nn.Module):
         algorithm: Algorithm = "fast",
     ) -> None:
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if _pair(dilation, "dilation", 1) != (1, 1):
             raise NotImplementedError(f"CustomConv2d supports dilation=1 only, got dilation={dilation!r}")
         if groups != 1:
