@@ -15,7 +15,9 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import Phase, settings
 
+import impl.verify
 from conftest import hypothesis_profile
+from impl import cli
 from impl.verify import PARTS, POINTS, build_card, gradescope, render, verify
 from spec.contract import Contract, contract_of
 
@@ -88,11 +90,12 @@ def test_nox_verify_takes_a_relative_path_with_spaces_from_another_folder(tmp_pa
     shutil.copytree(FOREIGN / "correct", folder)
     junit = tmp_path / "junit.xml"
     cmd = [sys.executable, "-m", "nox", "-f", str(REPO / "noxfile.py"), "-s", "verify", "--"]
-    cmd += ["--impl", "my code/student_code.py", "-k", "in_place", "-p", "no:cacheprovider", f"--junit-xml={junit}"]
+    cmd += ["--impl", "my code/student_code.py", "-k", "in_place or drop_in or course_layers", f"--junit-xml={junit}"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert re.search(r"report card: .*my code/student_code\.py", out) and re.search(r"conv_forward +PASS", out), out
+    assert re.search(r"report card: .*my code/student_code\.py", out), out
+    assert re.search(r"conv_forward +PASS", out) and re.search(r"simplenet +PASS", out), out
     assert junit.is_file() and "in_place_by_relu" in junit.read_text(), "no JUnit XML of the run"
 
 
@@ -123,3 +126,23 @@ def test_every_subject_test_needs_a_tier_and_the_weakest_tier_wins() -> None:
     assert contract_of(moved, str(spec)) == Contract("advised", "pgd", "why")
     stray = _Item(nodeid="n", path=spec / "elsewhere.py", marks=[pytest.mark.course.mark])
     assert "graded part" in contract_of(stray, str(spec))
+
+
+def test_the_command_prints_the_card_writes_gradescope_and_exits_with_the_card(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    card = build_card({"subject": "s.py", "tests": [_test("pgd", "failed", message="ascends")]})
+    calls = []
+    monkeypatch.setattr(impl.verify, "verify", lambda path, **kw: calls.append((path, kw)) or card)
+    results = tmp_path / "results.json"
+    code = cli.main(["verify", "s.py", "--parts", "pgd", "--gradescope", str(results), "--junit-xml", "j.xml"])
+    assert code == card.exit_code == 1
+    assert calls == [("s.py", {"parts": ["pgd"], "pytest_args": [f"--junit-xml={Path('j.xml').resolve()}"]})]
+    assert re.search(r"pgd +FAIL .*ascends", capsys.readouterr().out)
+    assert json.loads(results.read_text()) == gradescope(card)
+
+
+def test_the_command_names_a_missing_file_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["verify", str(tmp_path / "nope.py")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope.py: no such file" in err, err
