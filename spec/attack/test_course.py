@@ -35,6 +35,14 @@ VALID_READINGS = {
 }
 
 
+@pytest.fixture
+def trained(trained: tuple[nn.Module, Tensor, Tensor]) -> tuple[nn.Module, Tensor, Tensor]:
+    """The session's trained model, copied per test: an attack under test that changes the model (its mode,
+    requires_grad, gradients) fails its own test, not the ones after it."""
+    model, images, labels = trained
+    return copy.deepcopy(model), images.clone(), labels
+
+
 @settings(max_examples=20)
 @given(
     eps=st.floats(0, 0.5),
@@ -100,18 +108,9 @@ def test_course_pgd_fixes_the_target_from_the_clean_input(subject, trained):
     fixed = {name: course_pgd(*args, **VALID_READINGS[name]) for name in ("fixed target", "fixed target, box-clamped")}
     errs = {name: (got - ref).abs().max().item() for name, ref in fixed.items()}
     best = min(errs, key=errs.get)
-    per_step = explain(
-        "vs the fixed-target attack",
-        got,
-        fixed[best],
-        best,
-        {
-            "target recomputed every step": lambda: course_pgd(
-                *args, per_step_target=True, box=VALID_READINGS[best].get("box")
-            )
-        },
-    )
-    assert errs[best] <= 1e-5, per_step
+    box = VALID_READINGS[best].get("box")
+    recomputed = {"target recomputed every step": lambda: course_pgd(*args, per_step_target=True, box=box)}
+    assert errs[best] <= 1e-5, explain("vs the fixed-target attack", got, fixed[best], best, recomputed)
 
 
 @pytest.mark.advised("with the target fixed from the clean input, every step lowers its loss")
@@ -152,6 +151,13 @@ def _modes_flags_grads(model: nn.Module):
     )
 
 
+def _same_grad(a: Tensor | None, b: Tensor | None) -> bool:
+    """Equal gradients, counting None and all-zero as the same (both add nothing to the next backward)."""
+    if a is None or b is None or not (a.any() and b.any()):
+        return (a is None or not a.any()) and (b is None or not b.any())
+    return torch.equal(a, b)
+
+
 def _assert_left_as_found(model: nn.Module, before, images: Tensor, images_before: Tensor, adv: Tensor) -> None:
     modes, flags, grads = before
     now_modes, now_flags, now_grads = _modes_flags_grads(model)
@@ -160,14 +166,7 @@ def _assert_left_as_found(model: nn.Module, before, images: Tensor, images_befor
     frozen = [n for n in flags if now_flags[n] != flags[n]]
     assert not frozen, f"the attack changed requires_grad of {frozen[:3]} (training then skips them)"
 
-    def same(a, b):
-        return (
-            (a is None or not a.any())
-            and (b is None or not b.any())
-            or (a is not None and b is not None and torch.equal(a, b))
-        )
-
-    touched = [n for n in grads if not same(grads[n], now_grads[n])]
+    touched = [n for n in grads if not _same_grad(grads[n], now_grads[n])]
     assert not touched, f"the attack changed the parameter gradients of {touched[:3]} (main.py's backward adds to them)"
     assert torch.equal(images, images_before), "the attack changed its input tensor (main.py shows it as the original)"
     assert adv.grad_fn is None, "the adversarial batch carries an autograd graph (the readme: do not record it)"
@@ -179,7 +178,7 @@ def _assert_left_as_found(model: nn.Module, before, images: Tensor, images_befor
 )
 def test_course_pgd_called_as_main_py_calls_it_leaves_the_model_as_it_found_it(subject, trained):
     PGDAttack = need(subject, "PGDAttack")
-    model = copy.deepcopy(trained[0]).eval()
+    model = trained[0].eval()
     for p in model.parameters():
         p.requires_grad_(True)
         p.grad = None  # main.py's optimizer.zero_grad() leaves None
