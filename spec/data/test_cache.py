@@ -1,0 +1,107 @@
+"""The decoded uint8 cache (impl/data/cache.py): same pixels as the reader, memory-mapped, keyed by the split file's
+content, rebuilt when it changes, never half-written. A tiny synthetic set, copied per test (the cache writes)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from impl.data import DataError, MiniPlaces
+from impl.data.cache import build_cache, cache_paths, load_cache
+from spec.data.conftest import jpeg_bytes, write_set
+
+
+@pytest.fixture
+def root(synthetic_root: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(synthetic_root, tmp_path / "set"))
+
+
+def test_cached_images_and_labels_equal_the_readers(root, tmp_path):
+    images, labels = load_cache(root, "train", size=64, cache_dir=tmp_path / "cache")
+    dataset = MiniPlaces(root, "train")
+    assert images.dtype == torch.uint8 and images.shape == (len(dataset), 3, 64, 64), (images.dtype, images.shape)
+    assert labels.tolist() == dataset.targets()
+    for i in (0, len(dataset) // 2, len(dataset) - 1):
+        assert torch.equal(images[i], dataset[i][0]), f"cached image {i} differs from the decoded JPEG"
+
+
+def test_the_cache_is_memory_mapped_and_reused(root, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    load_cache(root, "val", size=64, cache_dir=cache)
+    images_path, _ = cache_paths(root, "val", 64, cache)
+    mtime = images_path.stat().st_mtime_ns
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the cache was rebuilt although the split file did not change")
+
+    monkeypatch.setattr("impl.data.cache.build_cache", no_rebuild)
+    images, _ = load_cache(root, "val", size=64, cache_dir=cache)
+    assert images_path.stat().st_mtime_ns == mtime
+    assert _mapped_file(images.data_ptr()) == str(images_path.resolve()), "the images are not mapped from the file"
+
+
+def _mapped_file(address: int) -> str | None:
+    """The file whose mapping holds `address` in this process (Linux /proc/self/maps)."""
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        pytest.skip("needs Linux /proc/self/maps to see memory mappings")
+    for line in maps.read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(v, 16) for v in fields[0].split("-"))
+        if lo <= address < hi:
+            return fields[5].strip() if len(fields) == 6 else None
+    return None
+
+
+def test_a_changed_split_file_rebuilds_and_removes_the_stale_cache(root, tmp_path):
+    cache = tmp_path / "cache"
+    first, _ = load_cache(root, "train", size=64, cache_dir=cache)
+    old_images, old_labels = cache_paths(root, "train", 64, cache)
+    lines = (root / "train.txt").read_text().splitlines()
+    (root / "train.txt").write_text("\n".join(reversed(lines[:10])) + "\n")  # other images, other order
+    second, labels = load_cache(root, "train", size=64, cache_dir=cache)
+    new_images, _ = cache_paths(root, "train", 64, cache)
+    assert new_images != old_images and new_images.is_file()
+    assert not old_images.exists() and not old_labels.exists(), "the stale cache was left behind"
+    assert second.shape[0] == 10 and torch.equal(second[0], first[9]), "the rebuilt cache does not follow the new file"
+    assert labels.tolist() == MiniPlaces(root, "train").targets()
+
+
+def test_another_size_is_resized_and_kept_beside_the_first(root, tmp_path):
+    cache = tmp_path / "cache"
+    load_cache(root, "val", size=64, cache_dir=cache)
+    small, _ = load_cache(root, "val", size=32, cache_dir=cache)
+    assert small.shape[1:] == (3, 32, 32)
+    assert cache_paths(root, "val", 64, cache)[0].is_file(), "building size 32 deleted the size-64 cache"
+
+
+def test_an_interrupted_build_leaves_no_cache(root, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    calls = {"n": 0}
+    original = MiniPlaces.__getitem__
+
+    def failing(self, index):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, index)
+
+    monkeypatch.setattr(MiniPlaces, "__getitem__", failing)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(root, "train", size=64, cache_dir=cache)
+    images_path, _ = cache_paths(root, "train", 64, cache)
+    assert not images_path.exists() and not list(cache.glob(".*.tmp")), sorted(p.name for p in cache.iterdir())
+
+
+def test_a_non_square_image_is_named(tmp_path):
+    root = write_set(tmp_path / "bad", "train/a/x.jpg 0\n", images={"train/a/x.jpg": jpeg_bytes(size=(24, 16))})
+    with pytest.raises(DataError, match=r"x\.jpg: the cache stores square images, this one is 24×16"):
+        load_cache(root, "train", size=16, cache_dir=tmp_path / "cache")
+
+
+def test_a_missing_split_file_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"val\.txt: split file not found"):
+        load_cache(tmp_path, "val", cache_dir=tmp_path / "cache")
