@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check, in at most ~8 minutes on one H200: the `-m gpu` spec, the CUDA benchmarks, the attack floor
+# The prepared GPU check, in at most 8 minutes on one H200 (the stage limits below add up to 480 s): the `-m gpu` spec, the CUDA benchmarks, the attack floor
 # and early-stopping benchmarks, and the SimpleNet throughput run (eager and torch.compile) on synthetic data of
 # MiniPlaces shape generated on the device. Raw results go to OUTDIR (at most 8 files: the device tool's limit).
 #
@@ -46,15 +46,15 @@ stage() {  # stage NAME DEFAULT_LIMIT_S COMMAND...
     [ "$rc" = 0 ] || failed="$failed $name"
 }
 
-stage env 30 "$PY" -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, \
+stage env 20 "$PY" -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, \
 'cuda', torch.version.cuda, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
-stage spec 120 "$PY" -m pytest spec -m "gpu and not training" -q -p no:cacheprovider --junitxml="$OUT/spec-gpu.xml"
-stage bench 150 "$PY" -m pytest bench -m bench -q -p no:cacheprovider --benchmark-warmup=on \
+stage spec 100 "$PY" -m pytest spec -m "gpu and not training" -q -p no:cacheprovider --junitxml="$OUT/spec-gpu.xml"
+stage bench 120 "$PY" -m pytest bench -m bench -q -p no:cacheprovider --benchmark-warmup=on \
     --benchmark-min-rounds=5 --benchmark-max-time=0.5 --benchmark-json="$OUT/$DEVICE-bench.json"
-stage floor 60 "$PY" -m bench.attack.floor --out "$OUT/$DEVICE-attack-floor.json"
-stage early 60 "$PY" -m bench.attack.early_stop --out "$OUT/$DEVICE-attack-early-stop.json"
+stage floor 45 "$PY" -m bench.attack.floor --out "$OUT/$DEVICE-attack-floor.json"
+stage early 45 "$PY" -m bench.attack.early_stop --out "$OUT/$DEVICE-attack-early-stop.json"
 stage throughput 60 "$PY" -m bench.gpu.throughput --out "$OUT/$DEVICE-throughput.json"
-stage compiled 120 "$PY" -m bench.gpu.throughput --compile --out "$OUT/$DEVICE-throughput-compiled.json"
+stage compiled 90 "$PY" -m bench.gpu.throughput --compile --out "$OUT/$DEVICE-throughput-compiled.json"
 
 if [ -n "$failed" ]; then
     echo "=== failed stages:$failed" | tee -a "$LOG"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import platform
 import random
 import statistics
 import time
@@ -66,6 +67,7 @@ def raw_file(device: torch.device, benchmarks: list[dict], **machine: object) ->
     info = {
         "device": device_label(device),
         "torch": torch.__version__,
+        "python_version": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "commit": _git_commit(),
