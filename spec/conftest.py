@@ -10,6 +10,7 @@ test failed or the file cannot be imported (then the card is that one line, not 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,6 +28,7 @@ _SUBJECT = pytest.StashKey[ModuleType]()
 _ERROR = pytest.StashKey[str]()
 _RECORDS = pytest.StashKey[dict[str, dict[str, Any]]]()
 _CONTRACTS = pytest.StashKey[dict[str, Contract]]()
+_SUBJECT_PARAMETER = re.compile(r"def \w+\([^)]*\bsubject\b")  # a test or fixture that takes the subject
 
 
 def _foreign(config: pytest.Config) -> bool:
@@ -71,10 +73,10 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 
 def _holds(test_file: Path, parts: set[str]) -> bool:
-    """Whether `test_file` may hold subject tests of `parts` (all parts when empty): it uses the subject, and its
+    """Whether `test_file` may hold subject tests of `parts` (all parts when empty): a function takes `subject`, and its
     file part (spec/contract.py) or one of its part markers is among them."""
     text = test_file.read_text(encoding="utf-8", errors="replace")
-    if "subject" not in text:
+    if not _SUBJECT_PARAMETER.search(text):
         return False
     if not parts:
         return True
