@@ -64,8 +64,11 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-def _channel_stats(images: Tensor, mean: Sequence[float], std: Sequence[float], who: str) -> tuple[Tensor, Tensor]:
-    """Mean and std as (1, C, 1, 1) tensors on the images' device, after checking the images' shape against them."""
+def _channel_stats(
+    images: Tensor, mean: Sequence[float], std: Sequence[float], who: str, check_range: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Mean and std as (1, C, 1, 1) tensors on the images' device, after checking the images' shape against them and
+    (with `check_range`, one host sync) that they de-normalize to pixels in [0, 1]."""
     if images.dim() != 4:
         raise ValueError(f"{who}: images must be (B, C, H, W), got shape {tuple(images.shape)}")
     if not images.is_floating_point():
@@ -78,7 +81,7 @@ def _channel_stats(images: Tensor, mean: Sequence[float], std: Sequence[float], 
         raise ValueError(f"{who}: std must be positive, got {tuple(std)}")
     m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    if images.numel() == 0:  # an empty batch has no pixels to check (and amin() of nothing raises)
+    if images.numel() == 0 or not check_range:  # an empty batch has no pixels to check (amin() of nothing raises)
         return m, s
     pixels = images.detach() * s + m
     lo, hi = torch.stack([pixels.amin(), pixels.amax()]).tolist()  # one device sync per attack call, not per step
@@ -242,6 +245,7 @@ def pgd(
     std: Sequence[float] = IMAGENET_STD,
     generator: torch.Generator | None = None,
     early_stop: bool = False,
+    check_range: bool = True,
 ) -> Tensor:
     """L∞ PGD in pixel units on normalized images (Madry et al. 2018); returns normalized adversarial images.
 
@@ -256,6 +260,9 @@ def pgd(
     fooled follows the full run's path), but the returned image is the first that fooled the model, not the one of
     highest loss. Each step then reads one boolean back from the device (a host sync).
 
+    `check_range` verifies that the images de-normalize to [0, 1] pixels, a clear error for unnormalized input at the
+    price of one host sync per call; a training loop that feeds its own normalized batches turns it off.
+
     Cost: `steps` × (forward + input-only backward) per restart, updated in place; no other pass over the model.
     """
     who = "pgd"
@@ -265,7 +272,7 @@ def pgd(
     _check_budget(who, eps=eps, alpha=alpha)
     if early_stop and targeted:
         raise ValueError("pgd: early_stop applies to the untargeted attack only (targeted=True was given)")
-    m, s = _channel_stats(images, mean, std, who)
+    m, s = _channel_stats(images, mean, std, who, check_range)
     _check_labels(images, labels, who)
     clean = images.detach()
     if clean.shape[0] == 0:

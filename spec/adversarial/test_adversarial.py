@@ -118,3 +118,21 @@ def test_monitor_measures_a_seeded_pgd_accuracy():
 def test_bad_config_raises_naming_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdvTrainConfig(**kwargs)
+
+
+def test_training_perturbation_reads_nothing_back_to_the_host(monkeypatch):
+    """No .item(), bool(), float() or .tolist() in the perturbation: on CUDA each would stall every training step."""
+    model = TinyNet().eval()
+    images, labels = random_images(8, seed=4), torch.randint(0, 4, (8,))
+    calls: list[str] = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *a, _n=name, _o=original: (calls.append(_n), _o(self, *a))[1]
+        )
+    for cfg in (AdvTrainConfig("pgd"), AdvTrainConfig("fgsm-rs")):
+        make_perturb(cfg)(model, images, labels)
+    monkeypatch.undo()
+    assert not calls, f"host reads in the training perturbation: {sorted(set(calls))}"
+    with pytest.raises(ValueError, match="span pixels"):  # the direct call still checks the range
+        pgd(model, images * 255, labels)
