@@ -95,7 +95,7 @@ class VerifyError(RuntimeError):
 def build_card(results: Mapping[str, Any], parts: Sequence[str] | None = None) -> ReportCard:
     """The card from the records the spec's conftest writes: {"subject", "error", "tests": [{nodeid, tier, part,
     outcome, message}]}."""
-    parts = tuple(parts or PARTS)
+    parts = tuple(p for p in PARTS if not parts or p in parts)
     error = results.get("error") or ""
     if error:
         rows = tuple(Row(p, "FAIL", 0.0, error, POINTS[p]) for p in parts)

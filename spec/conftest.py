@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from impl.verify import PARTS, build_card, render
+from impl.verify import build_card, render
 from spec import diagnose
 from spec.contract import FILE_PARTS, Contract, contract_of, uses_subject
 from spec.subject import SubjectLoadError, load_subject
@@ -193,7 +193,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if not _foreign(config) or _RECORDS not in config.stash or reporter is None:
         return
     parts = _parts(config)
-    card = build_card(_results(config), [p for p in PARTS if p in parts] or None)
+    card = build_card(_results(config), parts or None)
     reporter.write_sep("=", "report card")
     for line in render(card).splitlines():
         reporter.write_line(line)

@@ -50,6 +50,7 @@ def test_card_rows_follow_the_worst_outcome_of_each_part() -> None:
     assert card.status("pgd") == "MISSING" and "PGDAttack" in card.row("pgd").diagnosis
     assert card.status("simplevit") == "MISSING" and card.row("simplevit").diagnosis == ""
     assert card.exit_code == 1, "a failed course test fails the run"
+    assert [r.part for r in build_card({"tests": tests}, ["pgd", "conv_forward"]).rows] == ["conv_forward", "pgd"]
     only_warned = build_card({"tests": [t for t in tests if t["outcome"] != "failed"]})
     assert only_warned.exit_code == 0, "advised warnings and missing parts do not fail the run"
 
