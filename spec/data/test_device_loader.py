@@ -7,7 +7,11 @@ which examples it holds, whatever crop or resize the loader applied.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +162,23 @@ def test_cuda_training_epoch_makes_no_host_sync(amp):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert seen == 1024 and torch.isfinite(loss_sum).item()
+
+
+def _gpu_sh(out: Path, **env: str) -> subprocess.CompletedProcess:
+    script = Path(__file__).resolve().parents[2] / "bench" / "gpu.sh"
+    return subprocess.run(
+        ["bash", str(script), str(out)], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_gpu_script_runs_the_chosen_stages_and_logs_them(tmp_path):
+    done = _gpu_sh(tmp_path / "ok", PYTHON=sys.executable, BENCH_DEVICE="cpu", GPU_SH_STAGES="env")
+    log = (tmp_path / "ok" / "gpu.log").read_text()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "=== env: exit 0" in log and "torch" in log and "=== spec" not in log, log
+
+
+def test_the_gpu_script_runs_every_stage_and_fails_if_one_failed(tmp_path):
+    done = _gpu_sh(tmp_path / "bad", PYTHON="false", GPU_SH_STAGES="env floor")  # every stage's command fails
+    log = (tmp_path / "bad" / "gpu.log").read_text()
+    assert done.returncode == 1 and "=== failed stages: env floor" in log, log
