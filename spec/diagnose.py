@@ -164,18 +164,26 @@ def course_pgd(
     return x
 
 
-def pgd_variants(model: nn.Module, images: Tensor, steps: int, step: float, eps: float, box: Any) -> Variants:
-    def run(**kw: Any) -> Callable[[], Tensor]:
+def pgd_variants(
+    model: nn.Module, images: Tensor, steps: int, step: float, eps: float, readings: Mapping[str, Mapping[str, Any]]
+) -> Variants:
+    """Each known PGD mistake on top of each valid reading of the attack (`readings`: name -> course_pgd knobs)."""
+    mistakes: dict[str, dict[str, Any]] = {
+        "ascends the target's loss instead of descending": {"descend": False},
+        "targets the most confident label (argmax) instead of the least": {"target": "most"},
+        "gradients accumulated across steps": {"accumulate": True},
+        "clamps the normalized image to [0, 1]": {"box": (torch.zeros(1), torch.ones(1))},
+        "no projection onto the ε-ball": {"project": False},
+    }
+
+    def run(kw: Mapping[str, Any]) -> Callable[[], Tensor]:
         return lambda: course_pgd(model, images, steps, step, eps, **kw)
 
     return {
-        "ascends the target's loss instead of descending": run(descend=False),
-        "ascends the target's loss, box-clamped": run(descend=False, box=box),
-        "targets the most confident label (argmax) instead of the least": run(target="most"),
-        "gradients accumulated across steps": run(accumulate=True),
-        "clamps the normalized image to [0, 1]": run(box=(torch.zeros(1), torch.ones(1))),
-        "no projection onto the ε-ball": run(project=False),
-        "no projection onto the ε-ball, box-clamped": run(project=False, box=box),
+        f"{mistake} ({reading})": run({**valid, **wrong})
+        for mistake, wrong in mistakes.items()
+        for reading, valid in readings.items()
+        if not ("box" in wrong and "box" in valid)
     }
 
 

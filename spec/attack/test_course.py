@@ -98,7 +98,7 @@ def test_course_pgd_matches_a_valid_reading_of_the_course_attack(subject, traine
     best = min(errs, key=errs.get)
     config = f"6 steps of 0.05, ε = 0.2, closest valid reading: {best}"
     assert errs[best] <= 1e-5, explain(
-        "course PGD vs the course attack", got, refs[best], config, pgd_variants(*args, BOX)
+        "course PGD vs the course attack", got, refs[best], config, pgd_variants(*args, VALID_READINGS)
     )
 
 
