@@ -703,11 +703,15 @@ def sanity_checks(
              if r.spec.kind != "noise" and r.top1 > report.clean_top1 + tolerance],
         ),
     ]  # fmt: skip
-    by_family = _groups(regular, key=lambda s: (s.kind, s.effective_steps, s.alpha), order=lambda s: s.eps)
+    # early-stopped and full PGD are separate families: at equal budget the early-stopped one may rightly be lower
+    family = lambda s: (s.kind, s.effective_steps, s.alpha, s.early_stop)  # noqa: E731
+    by_family = _groups(regular, key=family, order=lambda s: s.eps)
     if any(len(g) > 1 for g in by_family):
         checks.append(_check("accuracy non-increasing in ε", _rises(by_family, tolerance)))
     pgd_by_eps = _groups(
-        [r for r in regular if r.spec.kind == "pgd"], key=lambda s: (s.eps, s.alpha), order=lambda s: s.steps
+        [r for r in regular if r.spec.kind == "pgd"],
+        key=lambda s: (s.eps, s.alpha, s.early_stop),
+        order=lambda s: s.steps,
     )
     if any(len(g) > 1 for g in pgd_by_eps):
         checks.append(_check("PGD not weaker with more steps", _weakens(pgd_by_eps, tolerance)))

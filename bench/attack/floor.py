@@ -9,9 +9,8 @@ The floor of an attack is the work its algorithm cannot skip, timed on the same 
 
 `forward + input-only backward` is `torch.autograd.grad(loss, x)` with the parameters frozen, i.e. the cheapest way to
 get ∂loss/∂x. Rounds visit every candidate once, in a fresh random order, so load from other processes spreads over
-all of them; medians of the rounds are reported. Output: pytest-benchmark-shaped JSON (`benchmarks[].stats.median`,
-`extra_info.table/case/candidate/baseline`) that `bench/report.py`-style table scripts read, plus `floor_ms` and
-`ratio_vs_floor` per attack.
+all of them; medians of the rounds are reported (bench/attack/interleaved.py). Output: pytest-benchmark-shaped JSON
+for the table script, with `floor_ms`, `floor` (the formula) and `ratio_vs_floor` on each attack.
 
     python -m bench.attack.floor [--out reports/raw/cpu-attack-floor.json]   # BENCH_DEVICE, ATTACK_FLOOR_* env vars
 """

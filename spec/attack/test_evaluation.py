@@ -96,6 +96,18 @@ def test_sanity_checks_flag_each_symptom():
     assert "perturbation within ε" in _failed(_report(sound, pert=0.5))
 
 
+def test_early_stopped_pgd_is_judged_apart_from_full_pgd_at_the_same_budget():
+    """Early stopping keeps the first image that fooled the model, so at the same budget it may rightly score lower
+    than full PGD; neither ordering check may read that as a weaker attack or as accuracy rising with ε."""
+    full = AttackSpec("pgd", "pixel", 8 / 255, 10)
+    early = AttackSpec("pgd", "pixel", 8 / 255, 10, early_stop=True)
+    fgsm, noise = AttackSpec("fgsm", "pixel", 8 / 255), AttackSpec("noise", "pixel", 8 / 255)
+    for rows in ([(early, 5.0), (full, 20.0)], [(full, 20.0), (early, 5.0)]):
+        checks = sanity_checks(_report([*rows, (fgsm, 30.0), (noise, 80.0)]))
+        flagged = [(c.name, c.detail) for c in checks if not c.passed]
+        assert not flagged, f"order {[r[0].name for r in rows]}: flagged {flagged}"
+
+
 def test_a_failed_check_is_logged_as_a_warning(trained, caplog):
     model, images, labels = trained
     broken = nn.Sequential(model, nn.Threshold(1e9, float("nan")))  # every logit NaN
