@@ -48,6 +48,8 @@ stage() {  # stage NAME DEFAULT_LIMIT_S COMMAND...
 
 stage env 20 "$PY" -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, \
 'cuda', torch.version.cuda, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
+    --format=csv >>"$LOG" 2>&1
 stage spec 100 "$PY" -m pytest spec -m "gpu and not training" -q -p no:cacheprovider --junitxml="$OUT/spec-gpu.xml"
 stage bench 120 "$PY" -m pytest bench -m bench -q -p no:cacheprovider --benchmark-warmup=on \
     --benchmark-min-rounds=5 --benchmark-max-time=0.5 --benchmark-json="$OUT/$DEVICE-bench.json"

@@ -4,6 +4,7 @@ loop). Target on one H200: >= 40 000 img/s, i.e. 60 epochs of 100 000 images in 
 
 The data are random uint8 images of MiniPlaces shape (default 100 000 × 3 × 128 × 128) generated on the device, so
 nothing but the code travels to the GPU machine; accuracy on them means nothing, images per second is the result.
+`--data ROOT` trains on a real MiniPlaces folder instead, through its decoded uint8 cache (impl.data.cache).
 Each epoch runs the course augmentation (impl.data.batch_transforms) and one SGD step per batch; the first
 `warmup_epochs` (lazy init, cuDNN autotuning, compilation) are reported but not counted. The loader alone (augment,
 no model) is timed too, so the report says whether data or model bounds the step.
@@ -29,6 +30,7 @@ from bench.attack.interleaved import entry, env_int, raw_file, write
 from bench.device import bench_device
 from impl.conv import CustomConv2d
 from impl.data.batch_transforms import AugmentConfig
+from impl.data.cache import load_cache
 from impl.data.gpu import DeviceLoader
 from impl.models import SimpleNet
 from impl.train import autocast
@@ -53,6 +55,7 @@ class ThroughputConfig:
     conv: Literal["native", "custom"] = "native"
     lr: float = 0.1
     seed: int = 0
+    data: str | None = None  # a MiniPlaces folder: train on its decoded cache (impl.data.cache) instead of random data
 
 
 def synthetic_uint8(n: int, size: int, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -129,7 +132,10 @@ def loader_rate(loader: DeviceLoader, device: torch.device) -> float:
 
 def setup(cfg: ThroughputConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer, DeviceLoader]:
     """(model, optimizer, loader) of a run: synthetic uint8 data on the device, SimpleNet in the run's layout."""
-    images, labels = synthetic_uint8(cfg.n, cfg.size, device, cfg.seed)
+    if cfg.data is None:
+        images, labels = synthetic_uint8(cfg.n, cfg.size, device, cfg.seed)
+    else:
+        images, labels = load_cache(cfg.data, "train", cfg.size, progress=True)
     augment = AugmentConfig(size=cfg.crop, resize=round(cfg.crop * 144 / 128))
     loader = DeviceLoader(images, labels, cfg.batch, device=device, augment=augment, seed=cfg.seed,
                           channels_last=cfg.channels_last)  # fmt: skip
@@ -187,10 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--amp", choices=["off", "bf16"], default=os.environ.get("GPU_TP_AMP", d.amp))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=bool(env_int("GPU_TP_COMPILE", 0)))
     p.add_argument("--conv", choices=["native", "custom"], default=os.environ.get("GPU_TP_CONV", d.conv))
+    p.add_argument("--data", default=os.environ.get("GPU_TP_DATA"), help="MiniPlaces folder (default: random data)")
     args = p.parse_args(argv)
     cfg = ThroughputConfig(
         n=args.n, size=args.size, crop=args.crop, batch=args.batch, epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs, amp=args.amp, compile=args.compile, conv=args.conv,
+        warmup_epochs=args.warmup_epochs, amp=args.amp, compile=args.compile, conv=args.conv, data=args.data,
     )  # fmt: skip
     summary = run(cfg, device)
     write(to_raw(summary, device), args.out)
