@@ -8,8 +8,9 @@ no host round trip, no host sync. Spec: spec/data/test_device_loader.py.
         for x, y in loader: ...   # x: float32 (B, 3, 128, 128) normalized, channels_last; y: int64 (B,)
 
 Train batches go through `impl.data.batch_transforms.train_batch` (the course augmentation, per image), val batches
-through `val_batch`. The order and the augmentation come from a generator on the device seeded by (seed, epoch), so a
-run is reproducible and independent of everything else that draws random numbers.
+through `val_batch`. The order (a CPU generator, so it is the same on every device) and the augmentation (a generator
+on the device) are seeded by (seed, epoch): a run is reproducible and independent of everything else that draws
+random numbers.
 """
 
 from __future__ import annotations
@@ -65,8 +66,13 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = self.images.shape[0]
-        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(n, generator=self.generator, device=self.device) if self.train else None
+        seed = self.seed * 1_000_003 + self.epoch
+        self.generator.manual_seed(seed)  # the augmentation's, on the device
+        order = None
+        if self.train:  # drawn on the CPU (the same order on every device), copied without a sync
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            order = order.pin_memory() if self.device.type == "cuda" else order
+            order = order.to(self.device, non_blocking=True)
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
             if order is None:
