@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import impl.models
+from spec.attack.toys import random_images
 from spec.subject import need
 
 pytestmark = pytest.mark.course("readme §3.1.2 and the starter's SimpleNet (given code, trained by main.py)")
@@ -146,6 +147,23 @@ def test_twenty_sgd_steps_give_the_native_loss_curve(subject: ModuleType, algori
     assert err < 1e-3, f"loss curves differ by {err:.3g}:\nnative {curves[0].tolist()}\ncustom {curves[1].tolist()}"
 
 
+def _bonus_model(subject: ModuleType):
+    """The subject's bonus model (`default_cnn_model`). `impl` builds its adversarial training differently
+    (impl/adversarial.py), so for it: the readme's bonus made of its course parts, a SimpleNet whose training forward
+    attacks its input with the course PGDAttack (as the starter's comment suggests)."""
+    if subject.__name__ != "impl":
+        return need(subject, "default_cnn_model")
+    SimpleNet, PGDAttack = need(subject, "SimpleNet"), need(subject, "PGDAttack")
+
+    class CourseBonusSimpleNet(SimpleNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training:
+                x = PGDAttack(nn.CrossEntropyLoss(), num_steps=2, step_size=0.01, epsilon=0.03).perturb(self, x)
+            return super().forward(x)
+
+    return CourseBonusSimpleNet
+
+
 def _first_layer_calls(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """model(x) and how often its first parametrized layer ran: more than once means an attack inside forward."""
     layer = next(m for m in model.modules() if not list(m.children()) and list(m.parameters(recurse=False)))
@@ -165,8 +183,8 @@ def _first_layer_calls(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
 def test_adversarial_training_forward_keeps_the_training_loop_intact(subject: ModuleType) -> None:
     """The bonus model attacks its input inside a training-mode forward; afterwards the model must still be in
     training mode, every parameter still trainable, and no attack gradient left for main.py's backward to add to."""
-    model = need(subject, "default_cnn_model")(num_classes=10).train()
-    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    model = _bonus_model(subject)(num_classes=10).train()
+    x, y = random_images(4, seed=0, size=32), torch.tensor([0, 1, 2, 3])  # what main.py feeds: normalized images
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     out, calls = _first_layer_calls(model, x)
     if calls <= 1:
@@ -186,12 +204,12 @@ def test_adversarial_training_forward_keeps_the_training_loop_intact(subject: Mo
 @pytest.mark.part("bonus")
 @pytest.mark.course("main.py validate(): model.eval(), then clean forwards; the bonus attack is for training only")
 def test_adversarial_training_model_evaluates_clean_inputs_in_eval_mode(subject: ModuleType) -> None:
-    model = need(subject, "default_cnn_model")(num_classes=10)
-    _, calls = _first_layer_calls(model.train(), torch.randn(2, 3, 32, 32))
+    model = _bonus_model(subject)(num_classes=10)
+    _, calls = _first_layer_calls(model.train(), random_images(2, seed=0, size=32))
     if calls <= 1:
         pytest.skip("default_cnn_model's training forward runs no attack: no adversarial training (bonus) found")
     model.eval()
     with torch.no_grad():
-        out, calls = _first_layer_calls(model, torch.randn(2, 3, 32, 32))
+        out, calls = _first_layer_calls(model, random_images(2, seed=1, size=32))
     assert calls == 1, f"an eval-mode forward ran the first layer {calls} times: it attacks at evaluation too"
     assert not model.training and out.shape == (2, 10), f"eval forward: training={model.training}, {tuple(out.shape)}"
