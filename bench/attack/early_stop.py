@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.attack.interleaved import entry, env_int, interleave, median_ms, raw_file, write
+from bench.attack.interleaved import cpu_clock, entry, env_int, interleave, median_ms, raw_file, write
 from bench.device import bench_device
 from impl.attack import pgd
 from impl.data import IMAGENET_MEAN, IMAGENET_STD, render
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         return lambda: accuracy(x if early is None else attacked(early))
 
     names = {"clean": None, f"pgd-{args.steps}": False, f"pgd-{args.steps} early stop": True}
-    times = interleave({name: evaluate(early) for name, early in names.items()}, args.rounds, device)
+    clock, clock_name = cpu_clock(device)
+    times = interleave({name: evaluate(early) for name, early in names.items()}, args.rounds, device, clock=clock)
     ms = median_ms(times)
     top1 = {name: evaluate(early)() for name, early in names.items()}
     full = f"pgd-{args.steps}"
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         for name in names
     ]
-    write(raw_file(device, records, model="SimpleNet, trained here on synthetic scenes"), args.out)
+    write(raw_file(device, records, model="SimpleNet, trained here on synthetic scenes", clock=clock_name), args.out)
     for name in names:
         print(f"{name:>22}: {ms[name]:9.2f} ms  top-1 {top1[name]:5.1f} %  ({ms[name] / ms[full]:.3f}× full PGD)")
     print(f"wrote {args.out}")

@@ -9,8 +9,10 @@ The floor of an attack is the work its algorithm cannot skip, timed on the same 
 
 `forward + input-only backward` is `torch.autograd.grad(loss, x)` with the parameters frozen, i.e. the cheapest way to
 get ∂loss/∂x. Rounds visit every candidate once, in a fresh random order, so load from other processes spreads over
-all of them; medians of the rounds are reported (bench/attack/interleaved.py). Output: pytest-benchmark-shaped JSON
-for the table script, with `floor_ms`, `floor` (the formula) and `ratio_vs_floor` on each attack.
+all of them; medians of the rounds are reported (bench/attack/interleaved.py). With one torch thread on CPU the
+clock is this thread's CPU time, which other processes on a shared machine cannot inflate. Output:
+pytest-benchmark-shaped JSON for the table script, with `floor_ms`, `floor` (the formula) and `ratio_vs_floor` on each
+attack.
 
     python -m bench.attack.floor [--out reports/raw/cpu-attack-floor.json]   # BENCH_DEVICE, ATTACK_FLOOR_* env vars
 """
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.attack.cases import BATCH, SIZE, batch, eval_step, model, train_step
-from bench.attack.interleaved import entry, env_int, interleave, median_ms, raw_file, write
+from bench.attack.interleaved import cpu_clock, entry, env_int, interleave, median_ms, raw_file, write
 from bench.device import bench_device
 
 TABLE = "attack-floor"
@@ -100,8 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    times = interleave(candidates(device, args.steps, args.batch, args.size), args.rounds, device)
+    clock, clock_name = cpu_clock(device)
+    times = interleave(candidates(device, args.steps, args.batch, args.size), args.rounds, device, clock=clock)
     raw = to_raw(times, device, args.steps, args.batch, args.size)
+    raw["machine_info"]["clock"] = clock_name
     write(raw, args.out)
     for b in raw["benchmarks"]:
         info = b["extra_info"]

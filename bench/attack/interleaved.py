@@ -27,9 +27,16 @@ METHOD = "one interleaved loop, random order per round, median of rounds"
 
 
 def interleave(
-    fns: Mapping[str, Callable[[], object]], rounds: int, device: torch.device, seed: int = 0
+    fns: Mapping[str, Callable[[], object]],
+    rounds: int,
+    device: torch.device,
+    seed: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
-    """Seconds per round of every candidate (after one warm-up call each); CUDA work is synchronized per call."""
+    """Seconds per round of every candidate (after one warm-up call each); CUDA work is synchronized per call.
+
+    `clock` is wall time by default; `cpu_clock()` gives the CPU time of this thread where that measures the work.
+    """
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for fn in fns.values():
         fn()
@@ -39,11 +46,19 @@ def interleave(
     for _ in range(rounds):
         rng.shuffle(order)
         for name in order:
-            t0 = time.perf_counter()
+            t0 = clock()
             fns[name]()
             sync()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return times
+
+
+def cpu_clock(device: torch.device) -> tuple[Callable[[], float], str]:
+    """(clock, its name): this thread's CPU time when the work runs on it alone (CPU, one torch thread), which a
+    loaded shared machine cannot inflate by descheduling us; wall time otherwise."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time, "thread CPU time (one torch thread)"
+    return time.perf_counter, "wall time"
 
 
 def median_ms(times: Mapping[str, list[float]]) -> dict[str, float]:
