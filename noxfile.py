@@ -77,6 +77,13 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def gpu(session: nox.Session) -> None:
+    """The prepared GPU check (bench/gpu.sh, ≤ 8 min on one H200): `-- OUTDIR`, default reports/raw/gpu-run."""
+    out = session.posargs[0] if session.posargs else "reports/raw/gpu-run"
+    session.run("bash", "bench/gpu.sh", out, external=True, env={"PYTHON": PYTHON})
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the whole tree."""
     session.run(PYTHON, "-m", "ruff", "check", ".", *session.posargs)
