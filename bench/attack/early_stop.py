@@ -60,7 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=env_int("ATTACK_ES_BATCH", 64), help="validation batch")
     parser.add_argument("--steps", type=int, default=env_int("ATTACK_ES_STEPS", 10), help="PGD-k")
     parser.add_argument("--rounds", type=int, default=env_int("ATTACK_ES_ROUNDS", 7), help="interleaved rounds")
-    parser.add_argument("--threads", type=int, default=env_int("ATTACK_ES_THREADS", 0), help="0: torch's default")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=env_int("ATTACK_ES_THREADS", 1 if device.type == "cpu" else 0),
+        help="torch threads; 0: torch's default. On CPU 1, so the clock is this thread's CPU time",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -98,7 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=env_int("ATTACK_FLOOR_BATCH", BATCH), help="images per batch")
     parser.add_argument("--size", type=int, default=env_int("ATTACK_FLOOR_SIZE", SIZE), help="image side (px)")
     parser.add_argument("--rounds", type=int, default=env_int("ATTACK_FLOOR_ROUNDS", 9), help="interleaved rounds")
-    parser.add_argument("--threads", type=int, default=env_int("ATTACK_FLOOR_THREADS", 0), help="0: torch's default")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=env_int("ATTACK_FLOOR_THREADS", 1 if device.type == "cpu" else 0),
+        help="torch threads; 0: torch's default. On CPU 1, so the clock is this thread's CPU time",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
