@@ -2,10 +2,10 @@
 
 Each `Experiment` holds the seed's configuration (model, TrainConfig settings, epochs, the attack) as its **full**
 recipe, the seed's numbers with a tolerance, and a **reduced** recipe that runs on CPU in minutes: a fixed subset of
-classes of the real images (`../shared/miniplaces`: 200 train images per class, the full val set), fewer epochs, a
-smaller batch. The CLI (`miniplaces reproduce`), the `training`-marked tests and the accuracy report all read
-`EXPERIMENTS`. Every run writes `reports/raw/accuracy-<scale>-<name>.json` (device, data, classes, epochs, wall time,
-commit) and its run folder `<out>/<scale>-<name>/` (metrics.csv, curves.png, models/).
+classes of the real images (`../shared/miniplaces`: 200 train images per class, the full val set) at 64 px, fewer
+epochs, a smaller batch, one CPU thread. The CLI (`miniplaces reproduce`), the `training`-marked tests and the
+accuracy report all read `EXPERIMENTS`. Every run writes `reports/raw/accuracy-<scale>-<name>.json` (device, data,
+classes, epochs, wall time, commit) and its run folder `<out>/<scale>-<name>/` (metrics.csv, curves.png, models/).
 
 The full recipes follow the seed where it says, and the course's defaults (batch 256, SGD lr 0.1, momentum 0.9, wd
 1e-4, 5 warmup epochs) where it does not. Choices the seed leaves open, stated: CustomNet's Adam uses lr 1e-3 (Adam's
@@ -65,6 +65,7 @@ class Recipe:
     data: DataSpec = DataSpec()
     attack_images: int | None = None  # val images attacked (None: all of the run's val images)
     image_size: int = 128  # the crop the course transforms produce (their resize is 9/8 of it: 144 for 128)
+    start_from_base: bool = False  # start from the base experiment's best weights (fine-tuning) instead of seeded init
     floors: Mapping[str, float] = field(default_factory=dict)  # metric -> lowest acceptable value (percent)
     reason: str = ""  # where the floors come from
 
@@ -112,7 +113,11 @@ _REDUCED_DATA = DataSpec(classes=10)
 _REDUCED_SGD = {"epochs": 6, "warmup": 1, "batch_size": 16, "lr": 0.02}
 _SMALL = 64
 _FULL_DATA = DataSpec(min_train_images=FULL_TRAIN_IMAGES)
-_CHANCE_REASON = "chance is 10 % on 10 classes; floors sit about 5 points under our own reduced run ({measured})"
+
+
+def _measured(top1: float) -> str:
+    return f"chance is 10 % on 10 classes; the floor sits about 5 points under our own reduced run ({top1} %)"
+
 
 EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment(
@@ -121,7 +126,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         "train",
         "simplenet",
         full=Recipe({"epochs": 60}, _FULL_DATA, floors={"top1": 43.75 - 3.0}),
-        reduced=Recipe(_REDUCED_SGD, _REDUCED_DATA, image_size=_SMALL, floors={"top1": 20.0}, reason=_CHANCE_REASON),
+        reduced=Recipe(_REDUCED_SGD, _REDUCED_DATA, image_size=_SMALL, floors={"top1": 25.0}, reason=_measured(31.5)),
         seed={"top1": 43.75, "top5": 73.44},
     ),
     Experiment(
@@ -134,9 +139,10 @@ EXPERIMENTS: tuple[Experiment, ...] = (
             _REDUCED_SGD,
             _REDUCED_DATA,
             image_size=_SMALL,
-            floors={"top1": 20.0},
+            floors={"top1": 25.0},
             reason="the reduced SimpleNet recipe, so the curve can be laid over the native one: same seed, same "
-            "initial weights, same batches; per-epoch losses must agree within 2 % (float32 sums in another order)",
+            "initial weights, same batches; epoch 1's losses agree to 0.1 %, later epochs drift (SGD amplifies the "
+            "float32 rounding of sums taken in another order) within 3 % (train) and 6 % (val)",
         ),
         seed={"top1": 22.77, "top5": 52.18},
         custom_conv=True,
@@ -152,8 +158,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
             {**_REDUCED_SGD, "epochs": 2, "optimizer": "adam", "lr": 1e-3},
             _REDUCED_DATA,
             image_size=_SMALL,
-            floors={"top1": 18.0},
-            reason=_CHANCE_REASON,
+            floors={"top1": 15.0},
+            reason=_measured(20.8),
         ),
         seed={"top1": 42.0},
         note="the seed gives one val number; Adam's lr is not stated, 1e-3 (Adam's default) is our choice",
@@ -168,8 +174,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
             {**_REDUCED_SGD, "epochs": 2},
             _REDUCED_DATA,
             image_size=_SMALL,
-            floors={"top1": 15.0},
-            reason=_CHANCE_REASON,
+            floors={"top1": 25.0},
+            reason=_measured(30.3),
         ),
         seed={"top1": 43.0, "top5": 72.0},
     ),
@@ -183,8 +189,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
             {**_REDUCED_SGD, "epochs": 3},
             _REDUCED_DATA,
             image_size=_SMALL,
-            floors={"top1": 15.0},
-            reason=_CHANCE_REASON,
+            floors={"top1": 23.0},
+            reason=_measured(28.7),
         ),
         seed={"top1": 53.53, "top5": 80.63},
         weights="imagenet",
@@ -204,8 +210,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
             {**_REDUCED_SGD, "epochs": 4, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "clip_grad": 1.0},
             _REDUCED_DATA,
             image_size=_SMALL,
-            floors={"top1": 15.0},
-            reason=_CHANCE_REASON,
+            floors={"top1": 25.0},
+            reason=_measured(31.2),
         ),
         seed={"top1": 42.5, "top5": 73.0},
         note="the seed's numbers are its val peak",
@@ -240,12 +246,15 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         "simplenet",
         full=Recipe({"epochs": 60}, _FULL_DATA, floors={"pgd10_top1": 31.45 - 5.0}),
         reduced=Recipe(
-            _REDUCED_SGD,
+            {**_REDUCED_SGD, "epochs": 3},
             _REDUCED_DATA,
             image_size=_SMALL,
             attack_images=200,
-            floors={"top1": 15.0},
-            reason="PGD-10 accuracy above the natural SimpleNet's under the same attack on the same images",
+            start_from_base=True,
+            floors={"top1": 20.0},
+            reason="from scratch, PGD-3 training did not leave chance in 6 reduced epochs (val 10-12 %, a constant "
+            "predictor), so the reduced run fine-tunes the reduced natural SimpleNet for 3 epochs; it must stay well "
+            "above chance on clean images and beat the natural SimpleNet under PGD-10 on the same images",
         ),
         seed={"top1": 47.21, "pgd10_top1": 31.45},
         base="simplenet",
@@ -471,6 +480,11 @@ def _run_training(
     cfg = train_config(exp, scale, workers=workers, tensorboard=False)
     train_set, val_set = _datasets(root, recipe.image_size)
     model, init = _build(exp, val_set.num_classes, cfg, recipe.image_size)
+    if recipe.start_from_base and base is not None:
+        from impl.train import load_checkpoint, load_weights
+
+        load_weights(model, load_checkpoint(base["checkpoint"]), base["checkpoint"])
+        init = f"the {exp.base} run's model_best ({base['checkpoint']})"
     model = model.to(device)
     val_loader = make_eval_loader(val_set, cfg.val_batch_size, workers=workers)
     perturb, extra = None, ()
@@ -494,22 +508,27 @@ def _run_training(
     metrics |= {"flip_top1": flip["top1"], "flip_top5": flip["top5"], "best_epoch": best_row["epoch"]}
     result: dict[str, Any] = {"init": init, "history": fit_result.history, "train_config": asdict(cfg)}
     if exp.custom_conv and base is not None:
-        metrics["max_loss_rel_diff"] = curve_difference(fit_result.history, base["history"])
+        metrics |= curve_difference(fit_result.history, base["history"])
     if exp.kind == "adversarial":
         result["robustness"] = _adversarial_robustness(exp, model, attacked, device, run_dir, base, metrics)
     return result | {"metrics": metrics}
 
 
-def curve_difference(history: Sequence[Mapping[str, float]], other: Sequence[Mapping[str, float]]) -> float:
-    """Largest relative difference of per-epoch train and val losses between two runs of equal length."""
-    if len(history) != len(other):
+def curve_difference(history: Sequence[Mapping[str, float]], other: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Relative gaps between two runs' per-epoch losses: epoch 1's (train and val) and the largest over all epochs of
+    each; SGD amplifies float32 rounding step by step, so the first epoch is the sharp comparison."""
+    if len(history) != len(other) or not history:
         raise ExperimentError(f"curves of {len(history)} and {len(other)} epochs cannot be compared")
-    diffs = [
-        abs(a[k] - b[k]) / max(abs(b[k]), 1e-12)
-        for a, b in zip(history, other, strict=True)
-        for k in ("train_loss", "val_loss")
-    ]
-    return max(diffs)
+
+    def gap(a: Mapping[str, float], b: Mapping[str, float], key: str) -> float:
+        return abs(a[key] - b[key]) / max(abs(b[key]), 1e-12)
+
+    pairs = list(zip(history, other, strict=True))
+    return {
+        "epoch1_loss_rel_diff": max(gap(*pairs[0], k) for k in ("train_loss", "val_loss")),
+        "train_loss_rel_diff": max(gap(a, b, "train_loss") for a, b in pairs),
+        "val_loss_rel_diff": max(gap(a, b, "val_loss") for a, b in pairs),
+    }
 
 
 def _robustness(model: nn.Module, images: Any, specs: Sequence[Any], device: torch.device) -> Any:
@@ -623,6 +642,7 @@ def _provenance(
         "kind": exp.kind,
         "model": exp.model + (" + CustomConv2d" if exp.custom_conv else ""),
         "epochs": recipe.epochs if exp.kind != "attack" else 0,
+        "image_size": recipe.image_size,
         "seed": dict(exp.seed),
         "floors": dict(recipe.floors),
         "data": {
@@ -664,7 +684,7 @@ def _commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return sha + ("+uncommitted impl/ changes" if dirty else "")
+    return sha + ("-dirty" if dirty else "")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

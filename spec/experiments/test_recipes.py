@@ -1,0 +1,192 @@
+"""The table of experiments is consistent, the CLI lists and refuses clearly, the data subset and the accuracy report
+are what they claim. Fast (no training): the reruns themselves are `test_reproduce.py`, marker `training`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from impl import accuracy_report
+from impl.adversarial import AdvTrainConfig
+from impl.cli import MODELS, main
+from impl.experiments import (
+    BY_NAME,
+    EXPERIMENTS,
+    DataSpec,
+    Experiment,
+    ExperimentError,
+    curve_difference,
+    prepare_data,
+    select_classes,
+    train_config,
+)
+from impl.train import TrainConfig
+
+KNOWN_METRICS = {
+    "train": {"top1", "top5", "flip_top1", "flip_top5"},
+    "attack": {"top1", "top5", "clean_top1", "steps5_top1", "steps20_top1", "eps_lo_top1", "eps_hi_top1"},
+    "adversarial": {"top1", "top5", "pgd10_top1", "pgd10_top5", "natural_pgd10_top1", "steps5_top1"},
+}
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS, ids=lambda e: e.name)
+def test_every_experiment_names_a_known_model_and_valid_settings(exp: Experiment) -> None:
+    assert exp.model in MODELS, f"{exp.name}: unknown model {exp.model!r}"
+    for scale in ("full", "reduced"):
+        cfg = train_config(exp, scale)  # raises on an unknown field or a bad value
+        assert isinstance(cfg, TrainConfig) and cfg.model_arch == exp.model
+        recipe = exp.recipe(scale)
+        assert set(recipe.floors) <= KNOWN_METRICS[exp.kind], f"{exp.name} ({scale}) floors {set(recipe.floors)}"
+        assert recipe.reason or scale == "full", f"{exp.name}: a reduced floor needs its reason"
+        assert recipe.image_size % 16 == 0, f"{exp.name}: {recipe.image_size} px does not fit the ViT's 16 px patches"
+    if exp.adversarial:
+        AdvTrainConfig(**exp.adversarial)
+    assert exp.kind != "adversarial" or exp.adversarial, f"{exp.name}: adversarial training without its settings"
+    assert exp.seed, f"{exp.name}: no seed numbers"
+
+
+def test_names_are_unique_and_bases_come_first() -> None:
+    names = [e.name for e in EXPERIMENTS]
+    assert len(set(names)) == len(names), names
+    for i, exp in enumerate(EXPERIMENTS):
+        if exp.base is not None:
+            assert exp.base in names[:i], f"{exp.name}'s base {exp.base} must come earlier in the table"
+
+
+@pytest.mark.parametrize("exp", [e for e in EXPERIMENTS if e.base], ids=lambda e: e.name)
+def test_an_experiment_uses_its_base_data_where_it_compares_with_it(exp: Experiment) -> None:
+    base = BY_NAME[exp.base]  # type: ignore[index]
+    for scale in ("full", "reduced"):
+        if exp.needs_base(scale):
+            mine, theirs = exp.recipe(scale), base.recipe(scale)
+            assert (mine.data, mine.image_size) == (theirs.data, theirs.image_size), f"{exp.name} ({scale})"
+
+
+def test_the_custom_conv_compares_its_curve_only_on_the_native_recipe() -> None:
+    conv = BY_NAME["simplenet-custom-conv"]
+    assert conv.custom_conv and conv.needs_base("reduced"), "reduced: same recipe as SimpleNet, so curves compare"
+    assert not conv.needs_base("full"), "full: the seed's 10 epochs against SimpleNet's 60 cannot be compared"
+
+
+def test_full_scale_is_the_seed_configuration() -> None:
+    assert BY_NAME["simplenet"].full.epochs == 60 and BY_NAME["vit"].full.epochs == 90
+    vit = train_config(BY_NAME["vit"], "full")
+    assert (vit.optimizer, vit.lr, vit.weight_decay, vit.clip_grad) == ("adamw", 0.01, 0.05, 1.0)
+    assert train_config(BY_NAME["customnet"], "full").optimizer == "adam"
+    assert AdvTrainConfig(**BY_NAME["adv-pgd3"].adversarial).steps == 3
+    for exp in EXPERIMENTS:
+        assert exp.full.data.min_train_images == 100_000 and exp.full.image_size == 128, exp.name
+        for metric, floor in exp.full.floors.items():
+            assert floor < exp.seed[metric], f"{exp.name}: full floor {floor} is not below the seed's {exp.seed}"
+
+
+def test_reproduce_list_prints_every_experiment(capsys) -> None:
+    assert main(["reproduce", "--list", "--reduced"]) == 0
+    out = capsys.readouterr().out
+    for exp in EXPERIMENTS:
+        assert exp.name in out, f"{exp.name} missing from --list:\n{out}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["reproduce", "no-such-experiment", "--reduced"], "unknown experiment 'no-such-experiment'"),
+        (["reproduce"], "give an experiment NAME"),
+        (["reproduce", "simplenet", "--reduced", "--data", "/nonexistent/miniplaces"], "/nonexistent/miniplaces"),
+    ],
+)
+def test_reproduce_errors_are_one_line(argv, needle, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_full_scale_without_data_names_miniplaces_root(capsys, monkeypatch) -> None:
+    monkeypatch.delenv("MINIPLACES_ROOT", raising=False)
+    assert main(["reproduce", "simplenet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "MINIPLACES_ROOT" in err and len(err.splitlines()) == 1, err
+
+
+def _fake_miniplaces(root: Path, classes: int = 6, train: int = 4, val: int = 3) -> Path:
+    root.mkdir()
+    (root / "images").mkdir()
+    (root / "categories.txt").write_text("".join(f"/c/class{c} {c}\n" for c in range(classes)))
+    (root / "train.txt").write_text(
+        "".join(f"train/c/class{c}/{i:08d}.jpg {c}\n" for i in range(train) for c in range(classes))
+    )
+    (root / "val.txt").write_text(
+        "".join(f"val/{c * val + i:08d}.jpg {c}\n" for c in range(classes) for i in range(val))
+    )
+    return root
+
+
+def test_prepare_data_keeps_a_relabelled_class_subset_and_links_the_images(tmp_path) -> None:
+    source = _fake_miniplaces(tmp_path / "src")
+    dest = prepare_data(source, DataSpec(classes=3, train_per_class=2, val_per_class=1), tmp_path / "subset")
+    assert select_classes(6, 3) == [0, 2, 4]
+    train = [line.split() for line in (dest / "train.txt").read_text().splitlines()]
+    assert len(train) == 6 and sorted(int(y) for _, y in train) == [0, 0, 1, 1, 2, 2]
+    assert all(path.startswith(f"train/c/class{2 * int(y)}/") for path, y in train), train
+    val = [line.split() for line in (dest / "val.txt").read_text().splitlines()]
+    assert val == [["val/00000000.jpg", "0"], ["val/00000006.jpg", "1"], ["val/00000012.jpg", "2"]]
+    assert (dest / "categories.txt").read_text() == "/c/class0 0\n/c/class2 1\n/c/class4 2\n"
+    assert (dest / "images").resolve() == (source / "images").resolve()
+    assert prepare_data(source, DataSpec(), tmp_path / "unused") == source, "everything asked: the source itself"
+
+
+def test_full_scale_refuses_a_subset_by_its_size(tmp_path) -> None:
+    source = _fake_miniplaces(tmp_path / "src")
+    with pytest.raises(ExperimentError, match=r"has 24 training images; the full scale needs the full set \(100,000\)"):
+        prepare_data(source, DataSpec(min_train_images=100_000), tmp_path / "x")
+
+
+def test_curve_difference_reports_epoch_one_and_the_largest_gaps() -> None:
+    a = [{"train_loss": 2.0, "val_loss": 1.0}, {"train_loss": 1.5, "val_loss": 0.8}]
+    b = [{"train_loss": 2.0, "val_loss": 1.01}, {"train_loss": 1.47, "val_loss": 0.8}]
+    gaps = curve_difference(a, b)
+    assert gaps == pytest.approx(
+        {"epoch1_loss_rel_diff": 0.01 / 1.01, "train_loss_rel_diff": 0.03 / 1.47, "val_loss_rel_diff": 0.01 / 1.01}
+    )
+    with pytest.raises(ExperimentError, match="2 and 1 epochs"):
+        curve_difference(a, b[:1])
+
+
+def _raw(scale: str, name: str, **metrics: float) -> dict:
+    exp = BY_NAME[name]
+    return {
+        "experiment": name, "scale": scale, "kind": exp.kind, "seed": dict(exp.seed), "metrics": metrics,
+        "floors": dict(exp.recipe(scale).floors), "epochs": exp.recipe(scale).epochs, "wall_time_s": 90.0,
+        "device": "cpu model", "threads": 1, "commit": "abc1234", "note": "", "image_size": 64,
+        "data": {"classes": ["a", "b"], "train_images": 400, "val_images": 200},
+    }  # fmt: skip
+
+
+def test_accuracy_report_puts_the_seed_beside_ours_per_scale(tmp_path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    runs = [
+        _raw("reduced", "simplenet", top1=31.25, top5=77.5, flip_top1=32.5),
+        _raw("full", "simplenet", top1=42.125, top5=72.0, flip_top1=43.0),
+        _raw("reduced", "pgd-course", top1=3.5, top5=40.0, clean_top1=30.0, steps5_top1=6.0, steps20_top1=1.5),
+    ]
+    for r in runs:
+        (raw / f"accuracy-{r['scale']}-{r['experiment']}.json").write_text(json.dumps(r))
+    out = tmp_path / "accuracy.md"
+    assert accuracy_report.main(["--raw", str(raw), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "generated — do not edit" in text
+    full, reduced = text.split("## Reduced scale")
+    assert "| simplenet" in full and "43.75 / 73.44" in full and "42.12 / 72.00" in full
+    assert "31.25 / 77.50" in reduced and "31.25" not in full, "each scale's runs in its own table"
+    floor = BY_NAME["simplenet"].reduced.floors["top1"]
+    assert f"top1 ≥ {floor:g}: {'yes' if floor <= 31.25 else 'NO'}" in reduced, "the floor column"
+    sweep = reduced.split("### Course PGD")[1]
+    assert "| PGD-5" in sweep and "18.50" in sweep and "6.00" in sweep and "| PGD-20" in sweep and "1.50" in sweep
+
+
+def test_accuracy_report_without_raw_results_is_an_error(tmp_path, capsys) -> None:
+    assert accuracy_report.main(["--raw", str(tmp_path), "--out", str(tmp_path / "a.md")]) == 2
+    assert "no accuracy-*.json" in capsys.readouterr().err
