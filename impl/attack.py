@@ -79,8 +79,9 @@ def _channel_stats(
         )
     if min(std) <= 0:
         raise ValueError(f"{who}: std must be positive, got {tuple(std)}")
-    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    # built on the CPU and copied non-blocking: torch.tensor(..., device="cuda") is a synchronizing copy
+    m = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1).to(images.device, non_blocking=True)
+    s = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1).to(images.device, non_blocking=True)
     if images.numel() == 0 or not check_range:  # an empty batch has no pixels to check (amin() of nothing raises)
         return m, s
     pixels = images.detach() * s + m

@@ -131,8 +131,9 @@ def affine_theta(params: AugmentParams, canvas: tuple[int, int]) -> Tensor:
 
 
 def _normalize(pixels: Tensor) -> Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    # built on the CPU and copied non-blocking: torch.tensor(..., device="cuda") would sync the stream every batch
+    mean = torch.tensor(IMAGENET_MEAN, dtype=pixels.dtype).view(1, 3, 1, 1).to(pixels.device, non_blocking=True)
+    std = torch.tensor(IMAGENET_STD, dtype=pixels.dtype).view(1, 3, 1, 1).to(pixels.device, non_blocking=True)
     return (pixels - mean) / std
 
 

@@ -136,3 +136,23 @@ def test_training_perturbation_reads_nothing_back_to_the_host(monkeypatch):
     assert not calls, f"host reads in the training perturbation: {sorted(set(calls))}"
     with pytest.raises(ValueError, match="span pixels"):  # the direct call still checks the range
         pgd(model, images * 255, labels)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["pgd", "fgsm-rs"])
+def test_training_perturbation_makes_no_host_sync_on_cuda(method):
+    """torch's sync debug mode raises on any implicit synchronization, blocking copies from host memory too."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cuda = torch.device("cuda")
+    model = TinyNet().to(cuda).eval()
+    images, labels = random_images(64, seed=5).to(cuda), torch.randint(0, 4, (64,), device=cuda)
+    perturb = make_perturb(AdvTrainConfig(method))
+    perturb(model, images, labels)  # warm-up: lazy initialization may sync once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        adv = perturb(model, images, labels)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert adv.is_cuda and adv.shape == images.shape
