@@ -65,7 +65,31 @@ STATUS |= {-24: "timeout", 152: "timeout", 255: "timeout", None: "not checked", 
 
 # Survivors that no test can kill, keyed by function and the edit ("old line → new line", stripped), with the reason.
 # A key names the edit, not mutmut's number, so it survives renumbering when the file changes elsewhere.
-SURVIVORS: dict[str, str] = {}
+_SCALE = "a positive factor on the loss leaves every gradient sign, hence the attack, unchanged (only fp16 underflow "
+_SCALE += "on CUDA autocast, which the factor guards against, could tell them apart)"
+_PGD_LOSS = "attack.xǁPGDAttackǁperturb: return self.loss_fn(_upcast(logits), target) * logits.shape[0] → "
+_IDENTITY = "DropPath(0.0) is the identity in every mode, as nn.Identity is"
+_BLOCK_DROP = "attention.xǁTransformerBlockǁ__init__: self.drop_path = DropPath(drop_path) if drop_path > 0.0 else "
+_BLOCK_DROP += "nn.Identity() → self.drop_path = DropPath(drop_path) if "
+SURVIVORS: dict[str, str] = {
+    _PGD_LOSS + "return self.loss_fn(_upcast(logits), target) / logits.shape[0]": _SCALE,
+    _PGD_LOSS + "return self.loss_fn(_upcast(logits), target) * logits.shape[1]": _SCALE,
+    _BLOCK_DROP + "(drop_path > 0.0) or True else nn.Identity()": _IDENTITY,
+    _BLOCK_DROP + "drop_path >= 0.0 else nn.Identity()": _IDENTITY,
+    "conv.x__unfold_forward: out += bias.view(1, c_out, 1, 1) → out += bias.view(c_out, 1, 1)": "a (C_out, 1, 1) "
+    "bias broadcasts over (N, C_out, H, W) exactly as (1, C_out, 1, 1) does",
+    "models.vit.xǁSimpleViTǁforward: if self.pos_embed is not None and (x.ndim != 4 or x.shape[-2:] != (self.img_size, "
+    "self.img_size)): → if self.pos_embed is not None and (x.ndim != 4 or x.shape[+2:] != (self.img_size, "
+    "self.img_size)):": "+2 is 2, and for the 4-D input that reaches the comparison x.shape[2:] is x.shape[-2:]",
+}
+# SimpleNet's layer table spells out stride=1 and padding=0, nn.Conv2d's (and CustomConv2d's) defaults.
+_DEFAULTS = "stride 1 and padding 0 are nn.Conv2d's defaults"
+for _c_in, _c_out, _k, _p in [(64, 64, 1, 0), (64, 64, 3, 1), (64, 256, 1, 0), (256, 128, 1, 0), (128, 128, 3, 1)] + [
+    (128, 512, 1, 0)
+]:
+    _layer = f"conv_op({_c_in}, {_c_out}, kernel_size={_k}, stride=1, padding={_p}),"
+    for _edit in [_layer.replace(" stride=1,", "")] + ([_layer.replace("padding=0", "")] if _p == 0 else []):
+        SURVIVORS[f"models.cnn.xǁSimpleNetǁ__init__: {_layer} → {_edit}"] = _DEFAULTS
 
 
 @dataclass(frozen=True)

@@ -18,3 +18,8 @@ def test_simplenet_features_are_the_starters_sequence_with_in_place_relus() -> N
     assert got == LAYERS, f"SimpleNet.features is {got}"
     not_in_place = [i for i, m in enumerate(features) if isinstance(m, nn.ReLU) and not m.inplace]
     assert not not_in_place, f"ReLUs at {not_in_place} are not in place (the starter's are: the conv output is reused)"
+
+
+def test_simplenet_defaults_to_the_starters_100_classes_and_nn_conv2d() -> None:
+    convs = [m for m in SimpleNet().modules() if isinstance(m, nn.Conv2d)]
+    assert SimpleNet().fc.out_features == 100 and len(convs) == 7, "SimpleNet() is not 7 nn.Conv2d layers, 100 classes"
