@@ -1,4 +1,5 @@
-"""Sessions: `nox -s verify` (default), `nox -s demo`, `nox -s bench`, `nox -s lint`.
+"""Sessions: `nox -s verify` (default), `nox -s demo`, `nox -s training`, `nox -s bench`, `nox -s reports`,
+`nox -s lint`.
 
 Every session runs in the environment nox itself runs in (the project's .venv, see README): torch is installed once,
 never per session. Arguments after `--` reach the underlying command.
@@ -6,6 +7,7 @@ never per session. Arguments after `--` reach the underlying command.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -63,27 +65,43 @@ def training(session: nox.Session) -> None:
         session.run(PYTHON, "-m", "impl.accuracy_report")
 
 
+# One raw file per topic, so a topic can be rerun alone (`nox -s bench -- conv models`) without clobbering the others.
+BENCH_TOPICS: dict[str, list[str]] = {
+    "conv": ["-m", "bench.conv.run"],
+    "models": ["-m", "bench.models.throughput"],
+    "data": ["-m", "bench.data.loader"],
+    "attention": ["-m", "pytest", "bench/attention", "-m", "bench", "-p", "no:cacheprovider"],
+    "attack": ["-m", "pytest", "bench/attack", "-m", "bench", "-p", "no:cacheprovider"],
+    "attack-floor": ["-m", "bench.attack.floor"],
+    "attack-early-stop": ["-m", "bench.attack.early_stop"],
+}
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks on this machine's device, written to reports/raw/<device>.json, then the markdown tables."""
+    """Benchmarks on this machine's device (`-- TOPIC...` for some of them), each written to
+    reports/raw/<device>-<topic>.json, then every table regenerated (`nox -s reports`)."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    session.run(
-        PYTHON,
-        "-m",
-        "pytest",
-        "bench",
-        "-m",
-        "bench",
-        # pytest-benchmark skips warm-up by default; the first rounds of a candidate then carry lazy init and cold
-        # caches, which skewed side-by-side ratios by up to 1.4x here.
-        "--benchmark-warmup=on",
-        "--benchmark-min-rounds=7",
-        f"--benchmark-json=reports/raw/{device}.json",
-        *session.posargs,
-    )
-    session.run(PYTHON, "-m", "bench.report")
+    device = torch.device(os.environ.get("BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")).type
+    topics = session.posargs or list(BENCH_TOPICS)
+    unknown = sorted(set(topics) - set(BENCH_TOPICS))
+    if unknown:
+        session.error(f"unknown bench topic(s) {unknown}; choose from {sorted(BENCH_TOPICS)}")
+    for topic in topics:
+        args = BENCH_TOPICS[topic]
+        if "pytest" in args:
+            # pytest-benchmark skips warm-up by default; the first rounds then carry lazy init and cold caches.
+            args = [*args, "--benchmark-warmup=on", "--benchmark-min-rounds=7"]
+            args.append(f"--benchmark-json=reports/raw/{device}-{topic}.json")
+        session.run(PYTHON, *args)
+    session.run(PYTHON, "-m", "bench.tables")
+
+
+@nox.session
+def reports(session: nox.Session) -> None:
+    """Regenerate every markdown table in reports/ from reports/raw/*.json, running no benchmark (byte-identical)."""
+    session.run(PYTHON, "-m", "bench.tables")
 
 
 @nox.session
@@ -91,19 +109,6 @@ def gpu(session: nox.Session) -> None:
     """The prepared GPU check (bench/gpu.sh, ≤ 8 min on one H200): `-- OUTDIR`, default reports/raw/gpu-run."""
     out = session.posargs[0] if session.posargs else "reports/raw/gpu-run"
     session.run("bash", "bench/gpu.sh", out, external=True, env={"PYTHON": PYTHON})
-
-
-@nox.session
-def corpus(session: nox.Session) -> None:
-    """The report card on every corpus file and mutant (spec/corpus/); the default run checks a subset."""
-    session.run(PYTHON, "-m", "pytest", "spec/test_corpus.py", "-m", "corpus or not corpus", *session.posargs)
-
-
-@nox.session
-def mutants(session: nox.Session) -> None:
-    """mutmut over impl's course-interface code on a snapshot of HEAD, then reports/verification.md (tools/mutants.py;
-    `-- --commit REV`, `-- --report-only DIR`)."""
-    session.run(PYTHON, "-m", "tools.mutants", *session.posargs)
 
 
 @nox.session

@@ -1,7 +1,8 @@
 """Benchmark harness: every test under bench/ is marked `bench`; machine facts go into the pytest-benchmark JSON.
 
-Run with `nox -s bench` (or `pytest bench -m bench --benchmark-json reports/raw/<device>.json`), then
-`python -m bench.report` turns reports/raw/*.json into the markdown tables in reports/.
+`nox -s bench` runs these pytest-benchmark suites (attention, attack) and the interleaved modules (bench.conv.run,
+bench.models.throughput, bench.data.loader, ...) into reports/raw/<device>-<topic>.json; `python -m bench.tables`
+(`nox -s reports`) turns reports/raw/*.json into the markdown tables in reports/.
 """
 
 from __future__ import annotations

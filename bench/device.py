@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -46,44 +47,86 @@ def synchronized(fn: Callable[[], object], device: torch.device) -> Callable[[],
 
 def cuda_peak_mib(fn: Callable[[], object], device: torch.device) -> float:
     """Peak memory allocated by torch on `device` while running `fn` once, above what was allocated before."""
+    return cuda_memory_mib(fn, device)["cuda_max_allocated_mib"]
+
+
+def cuda_memory_mib(fn: Callable[[], object], device: torch.device) -> dict[str, float | None]:
+    """Three views of GPU memory while `fn` runs once, each its own column: torch's peak allocated and peak reserved
+    (its caching allocator's hold) above what was allocated before, and the whole device's usage read through NVML
+    afterwards (what nvidia-smi shows: every context, cache and process; None without NVML)."""
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     fn()
     torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return {
+        "cuda_max_allocated_mib": (torch.cuda.max_memory_allocated(device) - before) / 2**20,
+        "cuda_max_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20,
+        "nvml_used_mib": nvml_used_mib(device.index if device.index is not None else torch.cuda.current_device()),
+    }
 
 
-def subprocess_peak_rss_mib(setup: str, step: str, threads: int | None = None) -> float:
-    """Peak resident memory (MiB) added by `step` (one line of code), in a fresh Python process after `setup`.
+def nvml_used_mib(index: int = 0, nvml: Any = None) -> float | None:
+    """Device memory in use (MiB) as NVML reports it, or None where NVML has no driver or no such device."""
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return None
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError:
+        return None
+    try:
+        return nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(index)).used / 2**20
+    except nvml.NVMLError:
+        return None
+    finally:
+        nvml.nvmlShutdown()
 
-    Uses Linux's resettable high-water mark (/proc/self/clear_refs = 5), so imports and setup do not count. glibc is
-    told to serve every block over 128 KiB by mmap, so a freed tensor leaves RSS at once: otherwise pages cached by
-    malloc after the warm-up step hide the step's allocations and the reading depends on heap history.
+
+_PROBE = """
+import torch
+{threads}
+def _kib(key):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(key))
+{setup}
+import gc; gc.collect()
+_setup = _kib("VmRSS:")
+for _ in range({steps}):
+    {step}
+print(_setup / 1024, _kib("VmHWM:") / 1024, _kib("VmRSS:") / 1024)
+"""
+
+
+def process_memory_mib(setup: str, step: str, steps: int = 5, threads: int | None = None) -> dict[str, float]:
+    """Memory as `top` shows it for a user's process that runs `setup` then `step` (one line) `steps` times.
+
+    A fresh Python process per case, under the default allocator and environment (nothing a user's process would
+    not have), read from Linux's /proc/self/status: `rss_setup_mib` after imports and setup, `rss_peak_mib` the
+    process's high-water mark (VmHWM), `rss_after_mib` what it still holds after the steps, and `step_peak_mib`
+    = peak - setup, what the steps added at their worst (every step counts, the first included).
     """
-    script = textwrap.dedent(
-        """
-        import torch
-        {threads}
-        {setup}
-        def _kib(key):
-            with open("/proc/self/status") as f:
-                return next(int(l.split()[1]) for l in f if l.startswith(key))
-        {step}  # warm-up: allocator caches and lazy init are not the step's cost
-        import gc; gc.collect()
-        rss0 = _kib("VmRSS:")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        {step}
-        print((_kib("VmHWM:") - rss0) / 1024)
-        """
-    ).format(
+    script = _PROBE.format(
         setup=textwrap.dedent(setup).strip(),
         step=step.strip(),
+        steps=steps,
         threads=f"torch.set_num_threads({threads})" if threads else "",
     )
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"memory probe failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+    setup_mib, peak_mib, after_mib = map(float, out.stdout.strip().splitlines()[-1].split())
+    return {
+        "rss_setup_mib": setup_mib,
+        "rss_peak_mib": peak_mib,
+        "rss_after_mib": after_mib,
+        "step_peak_mib": peak_mib - setup_mib,
+    }
+
+
+def subprocess_peak_rss_mib(setup: str, step: str, threads: int | None = None, steps: int = 1) -> float:
+    """Peak resident memory (MiB) that `steps` runs of `step` add to a fresh process after `setup`
+    (`process_memory_mib`'s step_peak_mib)."""
+    return process_memory_mib(setup, step, steps=steps, threads=threads)["step_peak_mib"]

@@ -1,0 +1,92 @@
+"""The benchmark reporting is honest and reproducible: the committed tables are exactly what `python -m bench.tables`
+makes of the committed raw files (so nobody edited them by hand and `nox -s reports` is byte-identical), and the
+memory probes read what a user's process holds. Fast: no benchmark runs here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bench import tables
+from bench.device import nvml_used_mib, process_memory_mib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_reports_are_what_the_generator_makes_of_the_committed_raw_files() -> None:
+    texts = tables.render_all(ROOT / "reports" / "raw")
+    assert {"speed.md", "memory.md"} <= set(texts), f"generated: {sorted(texts)}"
+    stale = [name for name, text in texts.items() if (ROOT / "reports" / name).read_text() != text]
+    assert not stale, f"reports differ from `python -m bench.tables` output (rerun `nox -s reports`): {stale}"
+
+
+def test_generation_is_deterministic_and_reads_nothing_but_raw(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    record = {"median": 0.5, "iqr": 0.1, "rounds": 3}
+    for stem, median in (("cpu-models", 0.5), ("cpu-data", 0.25)):
+        table = stem.split("-")[1]
+        benches = [
+            {
+                "name": f"{table}[{c}]",
+                "group": f"{table}:case",
+                "stats": {**record, "median": median * (1 + i)},
+                "extra_info": {"table": table, "case": "case", "candidate": c, "baseline": i == 0, "images_per_s": 8},
+            }
+            for i, c in enumerate(("a", "b"))
+        ]
+        (raw / f"{stem}.json").write_text(json.dumps({"machine_info": {"device": "X"}, "benchmarks": benches}))
+    (raw / "accuracy-run.json").write_text(json.dumps({"experiment": "not a benchmark"}))
+    first, second = tables.render_all(raw), tables.render_all(raw)
+    assert first == second
+    assert sorted(first) == ["data.md", "memory.md", "models.md", "speed.md"]
+    models = first["models.md"]
+    assert "| b " in models.replace("  ", " ") and "2 " in models, models  # b's time ratio to baseline a is 2
+    assert "loader b" in first["speed.md"], first["speed.md"]
+
+
+def test_nvml_reading_is_none_without_a_driver_and_mib_with_one() -> None:
+    class NVMLError(Exception):
+        pass
+
+    def fail() -> None:
+        raise NVMLError("no driver")
+
+    absent = SimpleNamespace(NVMLError=NVMLError, nvmlInit=fail)
+    assert nvml_used_mib(0, nvml=absent) is None
+    present = SimpleNamespace(
+        NVMLError=NVMLError,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=3 * 2**20),
+    )
+    assert nvml_used_mib(0, nvml=present) == 3.0
+
+
+@pytest.mark.slow
+def test_process_memory_probe_sees_what_the_steps_hold_and_their_peak() -> None:
+    """A step that keeps one new 64 MiB tensor and briefly holds two: peak >= 128 MiB above setup, 64 still held.
+    The probe runs under the default allocator (the environment is the caller's, nothing added)."""
+    mem = process_memory_mib("import torch\nkeep = []", "keep[:] = [torch.ones(2**24) + 0]", steps=2)
+    assert mem["step_peak_mib"] >= 127, mem
+    assert mem["rss_after_mib"] - mem["rss_setup_mib"] >= 63, mem
+    assert mem["rss_peak_mib"] >= mem["rss_after_mib"] >= mem["rss_setup_mib"] > 0, mem
+
+
+@pytest.mark.gpu
+def test_cuda_memory_columns_see_a_64_mib_tensor() -> None:
+    import torch
+
+    from bench.device import cuda_memory_mib
+
+    device = torch.device("cuda")
+    held: list[torch.Tensor] = []
+    mem = cuda_memory_mib(lambda: held.append(torch.ones(2**24, device=device)), device)
+    assert mem["cuda_max_allocated_mib"] >= 64, mem
+    assert mem["cuda_max_reserved_mib"] >= mem["cuda_max_allocated_mib"], mem
+    assert mem["nvml_used_mib"] is None or mem["nvml_used_mib"] >= mem["cuda_max_reserved_mib"], mem
