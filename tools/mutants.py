@@ -68,6 +68,7 @@ STATUS |= {-24: "timeout", 152: "timeout", 255: "timeout", None: "not checked", 
 _SCALE = "a positive factor on the loss leaves every gradient sign, hence the attack, unchanged (only fp16 underflow "
 _SCALE += "on CUDA autocast, which the factor guards against, could tell them apart)"
 _PGD_LOSS = "attack.xǁPGDAttackǁperturb: return self.loss_fn(_upcast(logits), target) * logits.shape[0] → "
+_SDPA = "SDPA's default scale is 1/√head_dim, which is what self.scale always is"
 _IDENTITY = "DropPath(0.0) is the identity in every mode, as nn.Identity is"
 _BLOCK_DROP = "attention.xǁTransformerBlockǁ__init__: self.drop_path = DropPath(drop_path) if drop_path > 0.0 else "
 _BLOCK_DROP += "nn.Identity() → self.drop_path = DropPath(drop_path) if "
@@ -81,6 +82,14 @@ SURVIVORS: dict[str, str] = {
     "models.vit.xǁSimpleViTǁforward: if self.pos_embed is not None and (x.ndim != 4 or x.shape[-2:] != (self.img_size, "
     "self.img_size)): → if self.pos_embed is not None and (x.ndim != 4 or x.shape[+2:] != (self.img_size, "
     "self.img_size)):": "+2 is 2, and for the 4-D input that reaches the comparison x.shape[2:] is x.shape[-2:]",
+    "attention.xǁAttentionǁ__init__: head_dim = dim // num_heads → head_dim = dim / num_heads": "dim is checked "
+    "to be a multiple of num_heads, so the quotient is exact and the scale head_dim**-0.5 is the same float",
+    "attention.xǁAttentionǁforward: x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, nH, L, hd) "
+    "→ x = F.scaled_dot_product_attention(q, k, v, scale=None)  # (B, nH, L, hd)": _SDPA,
+    "attention.xǁAttentionǁforward: x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, nH, L, hd) "
+    "→ x = F.scaled_dot_product_attention(q, k, v, )  # (B, nH, L, hd)": _SDPA,
+    "attention.xǁAttentionǁforward: attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, nH, L, L) → attn = (q * "
+    "self.scale) @ k.transpose(+2, -1)  # (B, nH, L, L)": "k is (B, nH, L, hd): dimension 2 is dimension -2",
 }
 # SimpleNet's layer table spells out stride=1 and padding=0, nn.Conv2d's (and CustomConv2d's) defaults.
 _DEFAULTS = "stride 1 and padding 0 are nn.Conv2d's defaults"
@@ -161,7 +170,7 @@ def edit_key(result: Result) -> str:
     return f"{short}: {' / '.join(removed)} → {' / '.join(added)}"
 
 
-def render(results: list[Result], commit: str) -> str:
+def render(results: list[Result], commit: str, note: str = "") -> str:
     counts = Counter(r.status for r in results)
     tested = sum(n for s, n in counts.items() if s in DETECTED | {"survived"})
     detected = sum(counts[s] for s in DETECTED)
@@ -177,6 +186,7 @@ def render(results: list[Result], commit: str) -> str:
         "interface spec (`[tool.mutmut]` in pyproject.toml), one child, hypothesis derandomized. Scope: "
         + ", ".join(f"`{p.rstrip('*')}`" for p in SCOPE)
         + ".",
+        *(["", note] if note else []),
         "",
         f"**Score: {detected} of {tested} mutants detected ({score:.1f} %); {adjusted:.1f} % of the non-equivalent "
         f"ones** ({len(explained)} survivors are equivalent, {len(open_)} survivors unexplained).",
@@ -223,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "--report-only", type=Path, metavar="DIR", help="only write the report of a finished run in DIR"
     )
     parser.add_argument("--resume", type=Path, metavar="DIR", help="continue the stopped run in DIR (its snapshot)")
+    parser.add_argument("--note", default="", help="a sentence for the report's header (how the run was made)")
     parser.add_argument("--only", nargs="+", default=(), metavar="PATTERN", help="run only these SCOPE patterns")
     args = parser.parse_args(argv)
     if args.report_only or args.resume:
@@ -236,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         (workdir / "COMMIT").write_text(commit + "\n")
         print(f"snapshot of {commit[:12]} in {workdir}; mutmut runs there")
         run_mutmut(workdir, args.only)
-    REPORT.write_text(render(collect(workdir), commit))
+    REPORT.write_text(render(collect(workdir), commit, args.note))
     print(f"wrote {REPORT.relative_to(REPO)}")
     return 0
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from impl.attack import PGDAttack
+from impl.attack import PGDAttack, _upcast
 from spec.attack.toys import TinyNet, random_images
 
 
@@ -104,3 +104,13 @@ def test_a_model_whose_loss_ignores_the_input_is_a_one_line_error(model: nn.Modu
     )
     with pytest.raises(RuntimeError, match=message):
         PGDAttack(nn.CrossEntropyLoss(), num_steps=1).perturb(model.eval(), random_images(2, seed=3))
+
+
+def test_low_precision_logits_are_upcast_before_the_loss() -> None:
+    """Autocast's bf16/fp16 logits make a coarse loss; float64 stays float64."""
+    for dtype, want in (
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float32),
+        (torch.float64, torch.float64),
+    ):
+        assert _upcast(torch.zeros(2, 3, dtype=dtype)).dtype == want, f"{dtype} logits"

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from impl.attention import DropPath, PatchEmbed, TransformerBlock, window_partition, window_unpartition
+from impl.attention import Attention, DropPath, PatchEmbed, TransformerBlock, window_partition, window_unpartition
 
 
 @pytest.mark.parametrize(
@@ -20,8 +20,9 @@ from impl.attention import DropPath, PatchEmbed, TransformerBlock, window_partit
         (lambda: window_partition(torch.zeros(4, 4, 2), 2), "window_partition"),
         (lambda: window_unpartition(torch.zeros(4, 2, 2), 2, (4, 4), (4, 4)), "window_unpartition"),
         (lambda: TransformerBlock(8, 2)(torch.zeros(3, 3, 8)), "TransformerBlock"),
+        (lambda: Attention(8, 2)(torch.zeros(3, 3, 8)), "Attention"),
     ],
-    ids=["partition", "unpartition", "block"],
+    ids=["partition", "unpartition", "block", "attention"],
 )
 def test_a_grid_that_is_not_4d_is_an_error_naming_the_function(call, name: str) -> None:
     with pytest.raises(ValueError, match=rf"^{name} expects a \(B, H, W, C\) tensor, got shape \("):
@@ -86,3 +87,9 @@ def test_block_passes_qkv_bias_and_act_layer_to_its_parts() -> None:
     block = TransformerBlock(8, 2, qkv_bias=False, act_layer=nn.ReLU)
     assert block.attn.qkv.bias is None, "qkv_bias=False did not reach the attention"
     assert isinstance(block.mlp.act, nn.ReLU), f"act_layer=nn.ReLU did not reach the MLP: {block.mlp.act}"
+
+
+def test_attention_has_the_starters_defaults_and_keeps_its_fused_flag() -> None:
+    attn = Attention(16)
+    assert attn.num_heads == 8 and attn.qkv.bias is not None, f"Attention(16): {attn.num_heads} heads, qkv bias"
+    assert attn.fused_attn is True and Attention(16, fused_attn=False).fused_attn is False, "fused_attn not kept"
