@@ -112,6 +112,19 @@ def gpu(session: nox.Session) -> None:
 
 
 @nox.session
+def corpus(session: nox.Session) -> None:
+    """The report card on every corpus file and mutant (spec/corpus/); the default run checks a subset."""
+    session.run(PYTHON, "-m", "pytest", "spec/test_corpus.py", "-m", "corpus or not corpus", *session.posargs)
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """mutmut over impl's course-interface code on a snapshot of HEAD, then reports/verification.md (tools/mutants.py;
+    `-- --commit REV`, `-- --report-only DIR`)."""
+    session.run(PYTHON, "-m", "tools.mutants", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the whole tree."""
     session.run(PYTHON, "-m", "ruff", "check", ".", *session.posargs)
