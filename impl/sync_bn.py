@@ -3,9 +3,11 @@
 Under DistributedDataParallel each rank sees batch_size / world_size images, so a plain BatchNorm normalizes with
 per-rank statistics and N ranks no longer train like one process. `torch.nn.SyncBatchNorm` fixes that on CUDA only (it
 refuses CPU tensors), so `convert_sync_batchnorm` uses it on CUDA and `GlobalBatchNorm2d` elsewhere: per-channel sums
-and sums of squares all-reduced through the differentiable `torch.distributed.nn.functional.all_reduce`, whose backward
-all-reduces the gradient, so the statistics' gradient is the global batch's too. Outside training, or without a
-process group of two or more ranks, both are a plain BatchNorm2d (same state_dict keys, same parameters and buffers).
+all-reduced, then the sums of squared deviations from the global mean (two passes, stable in float32 whatever the
+offset; statistics in float32 at least, also for bf16 input), through the differentiable
+`torch.distributed.nn.functional.all_reduce`, whose backward all-reduces the gradient, so the statistics' gradient is
+the global batch's too. Outside training, or without a process group of two or more ranks, both are a plain BatchNorm2d
+(same state_dict keys, same parameters and buffers).
 """
 
 from __future__ import annotations
@@ -28,26 +30,30 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         from torch.distributed.nn.functional import all_reduce
 
         c = x.shape[1]
-        count = torch.tensor([x.numel() // c], dtype=x.dtype, device=x.device)
-        local = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])  # (2C + 1,)
-        total = all_reduce(local)
+        stat_dtype = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 under autocast: statistics in float32
+        xs = x.to(stat_dtype)
+        count = torch.tensor([x.numel() // c], dtype=stat_dtype, device=x.device)
+        total = all_reduce(torch.cat([xs.sum(dim=(0, 2, 3)), count]))  # (C + 1,)
         n = total[-1]
         mean = total[:c] / n
-        var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)  # biased: what normalizes the batch
+        # two passes, not E[x²] − E[x]²: that cancels catastrophically in float32 when |mean| ≫ std
+        centred = xs - mean.view(1, c, 1, 1)
+        var = all_reduce((centred * centred).sum(dim=(0, 2, 3))) / n  # biased: what normalizes the batch
         self._update_running_stats(mean.detach(), var.detach(), n.item())
         scale = torch.rsqrt(var + self.eps)
         if self.affine:
             scale = scale * self.weight
-        y = (x - mean.view(1, c, 1, 1)) * scale.view(1, c, 1, 1)
-        return y + self.bias.view(1, c, 1, 1) if self.affine else y
+        y = centred * scale.view(1, c, 1, 1)
+        y = y + self.bias.view(1, c, 1, 1) if self.affine else y
+        return y.to(x.dtype)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, n: float) -> None:
         """As nn.BatchNorm2d does: an exponential (or, with momentum None, cumulative) average, unbiased variance."""
         self.num_batches_tracked += 1
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        self.running_mean.lerp_(mean, factor)
-        self.running_var.lerp_(var * (n / max(n - 1.0, 1.0)), factor)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_((var * (n / max(n - 1.0, 1.0))).to(self.running_var.dtype), factor)
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> int:

@@ -132,3 +132,49 @@ def test_global_batchnorm_math_matches_batchnorm_in_float64(monkeypatch):
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         a, b = getattr(plain, name), getattr(ours, name)
         assert torch.allclose(a.double(), b.double(), atol=1e-12), f"{name}: {a.tolist()} vs {b.tolist()}"
+
+
+def _one_rank_global_bn(monkeypatch, channels: int) -> GlobalBatchNorm2d:
+    """A GlobalBatchNorm2d on its distributed path, the all-reduce being the identity (one rank)."""
+    import torch.distributed.nn.functional as dist_fn
+
+    import impl.sync_bn
+
+    monkeypatch.setattr(impl.sync_bn, "_distributed", lambda: True)
+    monkeypatch.setattr(dist_fn, "all_reduce", lambda t: t)
+    return GlobalBatchNorm2d(channels)
+
+
+def test_global_batchnorm_is_stable_in_float32_for_a_large_offset(monkeypatch):
+    """Mean 30, std 0.05: E[x²] − E[x]² in float32 loses the variance to cancellation (output off by ~0.3); the
+    two-pass statistics match nn.BatchNorm2d and a float64 reference to float32 rounding."""
+    torch.manual_seed(0)
+    x = 30 + 0.05 * torch.randn(8, 3, 16, 16)
+    ours, plain = _one_rank_global_bn(monkeypatch, 3), nn.BatchNorm2d(3)
+    y, ref = ours(x), plain(x)
+    exact = nn.BatchNorm2d(3).double()(x.double())
+    err, err_plain = (y - ref).abs().max().item(), (ref.double() - exact).abs().max().item()
+    assert err < 1e-3, (
+        f"output differs from nn.BatchNorm2d by max abs {err:.3e} (BatchNorm2d vs float64: {err_plain:.3e})"
+    )
+    var_err = (ours.running_var - plain.running_var).abs().max().item()
+    assert var_err < 1e-3 * plain.running_var.max().item(), (
+        f"running_var {ours.running_var.tolist()} vs nn.BatchNorm2d {plain.running_var.tolist()}"
+    )
+
+
+def test_global_batchnorm_keeps_bfloat16_statistics_in_float32(monkeypatch):
+    """bf16 input (as under autocast): the output is bf16, but mean and variance are computed in float32, so they match
+    float32 BatchNorm on the same (bf16-rounded) values; in bf16 the mean alone would be off by far more."""
+    torch.manual_seed(1)
+    x = (4 + torch.randn(16, 2, 12, 12)).bfloat16()
+    ours, plain = _one_rank_global_bn(monkeypatch, 2), nn.BatchNorm2d(2)
+    y = ours(x)
+    ref = plain(x.float())
+    assert y.dtype == torch.bfloat16, y.dtype
+    assert ours.running_mean.dtype == torch.float32, ours.running_mean.dtype
+    err_mean = (ours.running_mean - plain.running_mean).abs().max().item()
+    err_var = (ours.running_var - plain.running_var).abs().max().item()
+    assert err_mean < 1e-5 and err_var < 1e-5, f"running stats off by mean {err_mean:.3e}, var {err_var:.3e}"
+    err = (y.float() - ref).abs().max().item()
+    assert err < 0.05, f"bf16 output differs from float32 BatchNorm by max abs {err:.3e}"
