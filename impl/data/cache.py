@@ -1,5 +1,5 @@
-"""A decoded uint8 cache of a MiniPlaces split: one memory-mapped .npy, keyed by the split file's content. Spec:
-spec/data/test_cache.py.
+"""A decoded uint8 cache of a MiniPlaces split: one memory-mapped .npy, keyed by the split file's content and its
+images' size and mtime. Spec: spec/data/test_cache.py.
 
     images, labels = load_cache(root, "train")   # uint8 (N, 3, 128, 128) memory-mapped, int64 (N,)
 
@@ -10,11 +10,12 @@ pages in on demand and `impl.data.gpu.DeviceLoader` uploads to the device whole.
     <split>-<size>px-<folder>-<key>.images.npy   uint8 (N, 3, size, size), written last: present means complete
     <split>-<size>px-<folder>-<key>.labels.npy   int64 (N,)
 
-`folder` hashes the dataset folder's path; `key` hashes the split file's bytes, the image size and the cache format,
-so editing `train.txt` (other images, other labels, other order) selects a new cache and the stale one of that
-folder is deleted. Images must be square (MiniPlaces and
-the synthetic set are); a square image of another size is resized to `size` (antialiased bilinear). Writes go to a
-temporary file renamed into place, so an interrupted build never looks complete.
+`folder` hashes the dataset folder's path; `key` hashes the split file's bytes, every listed image's size and
+modification time (os.stat, no decoding), the image size and the cache format, so editing `train.txt` (other images,
+other labels, other order) or regenerating an image under the same name selects a new cache and the stale one of that
+folder is deleted. Images must be square (MiniPlaces and the synthetic set are); a square image of another size is
+resized to `size` (antialiased bilinear). Writes go to a temporary file renamed into place, so an interrupted build
+never looks complete.
 """
 
 from __future__ import annotations
@@ -41,13 +42,17 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(root: str | Path, split: str, size: int = 128) -> str:
-    """16 hex digits of sha256 over the split file's bytes, the image size and the cache format."""
+    """16 hex digits of sha256 over the split file's bytes, each listed image's size and mtime (os.stat: a regenerated
+    image under the same name changes the key without reading any pixels), the image size and the cache format."""
     split_file = Path(root) / f"{split}.txt"
     try:
         content = split_file.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{split_file}: split file not found (is {root} a MiniPlaces folder?)") from None
     h = hashlib.sha256(content)
+    for path, _ in MiniPlaces(root, split).samples:  # checks that every listed image exists, naming the line
+        st = path.stat()
+        h.update(f"|{st.st_size},{st.st_mtime_ns}".encode())
     h.update(f"|size={size}|format={FORMAT}".encode())
     return h.hexdigest()[:16]
 

@@ -70,6 +70,20 @@ def test_a_changed_split_file_rebuilds_and_removes_the_stale_cache(root, tmp_pat
     assert labels.tolist() == MiniPlaces(root, "train").targets()
 
 
+def test_a_regenerated_image_under_the_same_name_rebuilds(root, tmp_path):
+    """Same train.txt, byte for byte; one image rewritten with other pixels: the cache must not serve the old ones."""
+    cache = tmp_path / "cache"
+    load_cache(root, "train", size=64, cache_dir=cache)
+    old_images, _ = cache_paths(root, "train", 64, cache)
+    dataset = MiniPlaces(root, "train")
+    path = dataset.samples[3][0]
+    path.write_bytes(jpeg_bytes(size=(64, 64), seed=7))
+    images, _ = load_cache(root, "train", size=64, cache_dir=cache)
+    assert cache_paths(root, "train", 64, cache)[0] != old_images, "the key ignores the images' size and mtime"
+    assert not old_images.exists(), "the stale cache was left behind"
+    assert torch.equal(images[3], dataset[3][0]), f"the cache serves stale pixels for {path.name}"
+
+
 def test_another_size_is_resized_and_kept_beside_the_first(root, tmp_path):
     cache = tmp_path / "cache"
     load_cache(root, "val", size=64, cache_dir=cache)
