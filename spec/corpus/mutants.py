@@ -258,6 +258,7 @@ MUTANTS: tuple[Mutant, ...] = (
         SC,
         "(grad,) = torch.autograd.grad(loss, output)",
         "loss.backward(); grad = output.grad",
+        expect="WARN",  # main.py's -a path only evaluates after perturb: advised for PGD (course-tier for the bonus)
     ),
     # §3.3 bonus: adversarial training inside SimpleNet's forward.
     Mutant(
