@@ -29,13 +29,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from impl.errors import UsageError
+from impl.models.build import MODELS, UnknownModel, build_model
+
 if TYPE_CHECKING:
     from impl.adversarial import AdversarialTraining
     from impl.train import TrainConfig, WeightsMismatch
 
 log = logging.getLogger(__name__)
 
-MODELS = ("simplenet", "customnet", "customnet2", "resnet18", "vit")
 # the course's main.py writes model_arch "CNN" (its default_cnn_model), "ViT" or "ResNet" into its checkpoints
 COURSE_ARCHS = {"CNN": "simplenet", "ViT": "vit", "ResNet": "resnet18"}
 # the flag that sets each field of the library's configurations, so that a message names what the user typed;
@@ -45,10 +47,6 @@ FLAGS: dict[str, dict[str, str]] = {
     "AdvTrainConfig": {"method": "--adv-train", "eps": "--adv-eps", "alpha": "--adv-alpha", "steps": "--adv-steps"},
 }
 DEFAULT_OUT = Path("logs")
-
-
-class UsageError(Exception):
-    """A problem with the command line or its inputs: printed as one line, exit status 2."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -364,27 +362,6 @@ def _model_name(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> str:
     return "simplenet"
 
 
-def build_model(name: str, num_classes: int, *, custom_conv: bool = False, weights: str | None = None) -> nn.Module:
-    """The network called `name` (one of MODELS) with a `num_classes`-way head."""
-    import impl.models as models
-
-    if name == "simplenet":
-        if custom_conv:
-            from impl.conv import CustomConv2d
-
-            return models.SimpleNet(conv_op=CustomConv2d, num_classes=num_classes)
-        return models.SimpleNet(num_classes=num_classes)
-    if name == "customnet":
-        return models.CustomNet(num_classes=num_classes)
-    if name == "customnet2":
-        return models.CustomNet2(num_classes=num_classes)
-    if name == "resnet18":
-        return models.resnet18(num_classes=num_classes, weights=weights)
-    if name == "vit":
-        return models.SimpleViT(num_classes=num_classes)
-    raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-
-
 def _device_name(args: argparse.Namespace) -> str:
     if args.device is not None and args.gpu is not None:
         raise UsageError("give --device or --gpu, not both")
@@ -483,6 +460,8 @@ def _build_for(args: argparse.Namespace, model_arch: str, num_classes: int, *, f
     weights = args.weights or ("imagenet" if args.use_resnet18 and from_scratch else None)
     try:
         return build_model(model_arch, num_classes, custom_conv=args.use_custom_conv, weights=weights)
+    except UnknownModel as exc:
+        raise UsageError(str(exc)) from exc
     except (FileNotFoundError, ValueError) as exc:
         flag = f"--weights {args.weights}" if args.weights else "--use-resnet18"
         raise UsageError(f"{flag}: {exc}") from exc

@@ -768,29 +768,36 @@ LOCK_NAME = ".lock"
 
 @contextmanager
 def lock_run_folder(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive `flock` on `<run_dir>/.lock` (the OS drops it if the process dies), so two trainings never
-    write one run folder: the second raises `RunFolderBusy` at once instead of mixing its epochs with the first's."""
+    """Hold an exclusive lock on the folder `run_dir` (`hold_lock`), so two trainings never write one run folder: the
+    second raises `RunFolderBusy` at once instead of mixing its epochs with the first's."""
+    with hold_lock(run_dir, f"run folder {run_dir} is in use by another training"):
+        yield
+
+
+@contextmanager
+def hold_lock(folder: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive `flock` on the directory `folder` itself (made if missing; the OS drops it if the process
+    dies), writing the holder's pid into `<folder>/.lock` for the message; raise `RunFolderBusy` (`busy`, the pid,
+    what to do) when another process holds it. The lock is on the folder, not on a file in it, so unlinking `.lock`
+    does not hand it to a second process."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_NAME, "a+") as fh:
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "?"
-            raise RunFolderBusy(
-                f"run folder {run_dir} is in use by another training (pid {holder}): wait for it to end, or train "
-                "into another folder"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
+            pid_file = folder / LOCK_NAME
+            holder = pid_file.read_text().strip() if pid_file.is_file() else ""
+            raise RunFolderBusy(f"{busy} (pid {holder or '?'}): wait for it to end, or use another folder") from None
+        (folder / LOCK_NAME).write_text(f"{os.getpid()}\n")
         yield
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
@@ -906,6 +913,8 @@ def _fit(
         log.info("nothing to train: %d of %d epochs are done", result.start_epoch, cfg.epochs)
         return result
     models_dir = run_dir / "models" if run_dir is not None else None
+    if models_dir is not None and resume is not None and info.is_main:
+        _refuse_rewinding(models_dir / CHECKPOINT_NAME, Path(resume), result.start_epoch)
     runlog = RunLog(run_dir, cfg, start_epoch=result.start_epoch) if run_dir is not None and info.is_main else None
     if runlog is not None:
         result.history = list(runlog.rows)
@@ -980,6 +989,19 @@ def _fit(
     if result.best is None and models_dir is not None and (models_dir / BEST_NAME).exists():
         result.best = models_dir / BEST_NAME
     return result
+
+
+def _refuse_rewinding(folder_checkpoint: Path, resume: Path, epoch: int) -> None:
+    """A resume into a folder whose checkpoint is past the resumed one's epoch would overwrite that later checkpoint,
+    the folder's better model_best and its metrics: refuse before writing anything."""
+    if not folder_checkpoint.is_file() or folder_checkpoint.resolve() == resume.resolve():
+        return
+    later = int(load_checkpoint(folder_checkpoint).get("epoch", 0))
+    if later > epoch:
+        raise CheckpointError(
+            f"{folder_checkpoint} is at epoch {later}, past {resume} (epoch {epoch}): resuming into its run folder "
+            "would overwrite that run's later checkpoint and model_best; pass --out DIR to branch into a new folder"
+        )
 
 
 def _restore(

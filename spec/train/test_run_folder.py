@@ -38,26 +38,34 @@ def _epochs(run_dir) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(fh)]
 
 
-def test_resuming_an_older_snapshot_keeps_the_later_rows_until_an_epoch_replaces_them(tmp_path):
-    """A finished 3-epoch run, resumed from a copy of its epoch-1 checkpoint and killed before epoch 2 completes:
-    metrics.csv still holds all three epochs that checkpoint.pth.tar (epoch 3) vouches for."""
+def test_resuming_an_older_snapshot_into_a_later_run_folder_is_refused_and_destroys_nothing(tmp_path):
+    """A finished 3-epoch run, resumed from a copy of its epoch-1 checkpoint into its own folder, would overwrite the
+    later checkpoint and the better model_best (the snapshot's best score is lower): refused before any write, and the
+    message says how to branch instead."""
     cfg = quiet_config(epochs=3)
     snapshot = tmp_path / "epoch1.pth.tar"
     _run(dataclasses.replace(cfg, epochs=1), run_dir=tmp_path / "first")
     ckpt = torch.load(tmp_path / "first" / "models" / CHECKPOINT_NAME, weights_only=True)
-    torch.save(ckpt | {"config": dataclasses.asdict(cfg)}, snapshot)
+    torch.save(ckpt | {"config": dataclasses.asdict(cfg), "best_acc1": -1.0}, snapshot)
     run_dir = tmp_path / "run"
     _run(cfg, run_dir=run_dir)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_NAME}
+    assert (run_dir / "models" / "model_best.pth.tar") in before
+
+    with pytest.raises(CheckpointError, match=r"epoch 3, past .*epoch 1.*pass --out DIR to branch") as info:
+        _run(cfg, run_dir=run_dir, resume=snapshot)
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_NAME}
+    changed = sorted(str(p.relative_to(run_dir)) for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    assert not changed, f"the refused resume changed {changed} ({info.value})"
     assert _epochs(run_dir) == [1, 2, 3]
 
-    killed = NoisyDataset(tensor_dataset(64), fail_at=20)  # mid epoch 2
-    with pytest.raises(KeyboardInterrupt):
-        _run(cfg, run_dir=run_dir, resume=snapshot, train_set=killed)
-    assert _epochs(run_dir) == [1, 2, 3], "the resume cut metrics.csv before it had a new epoch to put there"
-    assert load_checkpoint(run_dir / "models" / CHECKPOINT_NAME)["epoch"] == 3
 
-    _run(cfg, run_dir=run_dir, resume=snapshot)
-    assert _epochs(run_dir) == [1, 2, 3], "the redone epochs must replace the old rows, once each"
+def test_resuming_an_older_snapshot_into_a_new_folder_branches(tmp_path):
+    """The refusal's advice works: the same snapshot resumes into another folder and trains the remaining epochs."""
+    cfg = quiet_config(epochs=2)
+    path = _stopped_after_one_epoch(cfg, tmp_path)
+    _, result = _run(cfg, run_dir=tmp_path / "branch", resume=path)
+    assert [int(r["epoch"]) for r in result.history] == [2], result.history
 
 
 @pytest.mark.parametrize(("field", "value", "flag"), [("weight_decay", 0.0, "--wd"), ("momentum", 0.5, "--momentum")])
@@ -234,3 +242,11 @@ def test_a_resume_with_another_worker_count_is_still_bit_exact(tmp_path):
     )
     diff = _max_diff(straight.state_dict(), resumed.state_dict())
     assert diff == 0.0, f"resuming with -j 2 differs from the straight -j 0 run by max abs {diff:.3e}"
+
+
+def test_unlinking_the_lock_file_does_not_hand_the_folder_to_a_second_training(tmp_path):
+    """The lock is on the folder itself: deleting `.lock` (by hand, or a cleanup) leaves it held."""
+    with lock_run_folder(tmp_path):
+        (tmp_path / LOCK_NAME).unlink()
+        with pytest.raises(RunFolderBusy, match="in use by another training"), lock_run_folder(tmp_path):
+            pass
