@@ -257,9 +257,10 @@ def pgd(
 
     `early_stop` (untargeted only): an example the model already misclassifies at a step keeps its current image and
     leaves the batch; only inputs still classified correctly are attacked further, so a step costs in proportion to
-    them. Its robust accuracy is never above the full run's (an example fooled at any step stays fooled, one never
-    fooled follows the full run's path), but the returned image is the first that fooled the model, not the one of
-    highest loss. Each step then reads one boolean back from the device (a host sync).
+    them. Its robust accuracy is never above the full run's up to float rounding (an example fooled at any step stays
+    fooled; one never fooled follows the full run's path, but in a smaller batch whose kernels may sum in another
+    order, so a near-tie can flip either way), and the returned image is the first that fooled the model, not the one
+    of highest loss. Each step then reads one boolean back from the device (a host sync).
 
     `check_range` verifies that the images de-normalize to [0, 1] pixels, a clear error for unnormalized input at the
     price of one host sync per call; a training loop that feeds its own normalized batches turns it off.
