@@ -2,8 +2,10 @@
 
 The course contract: normalized input, ε and step in normalized units, the least confident label as the target, each
 step descends the target's cross-entropy, projection onto the ε-ball; called as main.py calls it (model.eval(),
-gradients enabled) and leaving the model as it found it. Advised beyond that: the target fixed from the clean input,
-the result clamped to the valid normalized box, and the attack working under no_grad or on a training-mode model.
+gradients enabled) and leaving the model's mode and its input as it found them. The course tests judge properties that
+hold for every valid reading, a random start inside the ε-ball included. Advised beyond that: the exact trajectory of
+the deterministic attack, the target fixed from the clean input, the result clamped to the valid normalized box,
+requires_grad and gradients left as found, and the attack working under no_grad or on a training-mode model.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from impl.verify import KNOWN_MISTAKE
 from spec.attack.toys import MEAN, STD, TinyNet, random_images
-from spec.diagnose import course_pgd, explain, pgd_variants
+from spec.diagnose import course_pgd, explain, matching_mistake, pgd_variants
 from spec.subject import need
 
 pytestmark = pytest.mark.course("readme §3.3 and main.py validate(): model.eval(), grad enabled, perturb(model, input)")
@@ -89,6 +92,10 @@ def _attack64(subject, trained, n: int = 32, steps: int = 6, step: float = 0.05,
     return adv.perturb(model64, x).double(), (model64, x, steps, step, eps)
 
 
+@pytest.mark.advised(
+    "the exact trajectory of a deterministic attack from the input; a random start inside the ε-ball (Madry et al., "
+    "which the readme cites) is a valid reading too"
+)
 def test_course_pgd_matches_a_valid_reading_of_the_course_attack(subject, trained):
     """Pins the target (least confident), the sign (descent) and the ε projection at once; the box clamp and when the
     target is chosen are free (VALID_READINGS)."""
@@ -100,6 +107,46 @@ def test_course_pgd_matches_a_valid_reading_of_the_course_attack(subject, traine
     assert errs[best] <= 1e-5, explain(
         "course PGD vs the course attack", got, refs[best], config, pgd_variants(*args, VALID_READINGS)
     )
+
+
+def _own_target_loss(model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
+    with torch.no_grad():
+        return F.cross_entropy(model(images), target, reduction="none")
+
+
+def _descent_failure(model: nn.Module, x: Tensor, adv: Tensor, step: float, eps: float) -> str:
+    """Nothing when the least-confident label of each clean example has a lower loss after the attack for at least 90 %
+    of the examples (the rest: near-ties of the target under a random start); else the one-line complaint."""
+    with torch.no_grad():
+        target = model(x).argmin(1)
+    before, after = _own_target_loss(model, x, target), _own_target_loss(model, adv, target)
+    fell = int((after < before).sum())
+    if fell >= 0.9 * len(x):
+        return ""
+    return (
+        f"one step of {step} within ε = {eps}: the least-confident label's loss fell for only {fell} of {len(x)} "
+        f"examples (mean {before.mean():.3g} → {after.mean():.3g}; a descent step lowers it)"
+    )
+
+
+def _named(message: str, adv: Tensor, model: nn.Module, x: Tensor, step: float, eps: float) -> str:
+    """`message`, with the known PGD mistake a deterministic attack's one-step result matches, when one does."""
+    mistake = matching_mistake(adv, pgd_variants(model, x, 1, step, eps, VALID_READINGS), 1e-6)
+    return f"{message} — {KNOWN_MISTAKE}: {mistake}" if mistake else message
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.03])
+def test_course_pgd_step_descends_the_least_confident_labels_loss(subject, trained, eps):
+    """Any valid reading (target fixed or per step, box clamp or not, a random start inside the ε-ball or none): one
+    step of size ≥ 2ε lands on the ε-box vertex that descends the target's loss to first order, whatever the start.
+    Catches the sign (ascent) and the target (argmax) at once."""
+    model, images, _ = trained
+    model64, x = copy.deepcopy(model).double(), images[:64].double()
+    step = 2.5 * eps
+    adv = need(subject, "PGDAttack")(nn.CrossEntropyLoss(), num_steps=1, step_size=step, epsilon=eps)
+    adv = adv.perturb(model64, x).double()
+    problem = _descent_failure(model64, x, adv, step, eps)
+    assert not problem, _named(problem, adv, model64, x, step, eps)
 
 
 @pytest.mark.advised("the target fixed from the clean input: the readme's 'least confident label' of the input")
@@ -158,35 +205,54 @@ def _same_grad(a: Tensor | None, b: Tensor | None) -> bool:
     return torch.equal(a, b)
 
 
-def _assert_left_as_found(model: nn.Module, before, images: Tensor, images_before: Tensor, adv: Tensor) -> None:
-    modes, flags, grads = before
-    now_modes, now_flags, now_grads = _modes_flags_grads(model)
+def _assert_modes_and_input_kept(model: nn.Module, before, images: Tensor, images_before: Tensor, adv: Tensor) -> None:
+    modes = before[0]
+    now_modes = _modes_flags_grads(model)[0]
     switched = [n or "the model" for n in modes if now_modes[n] != modes[n]]
     assert not switched, f"the attack switched the mode of {switched[:3]} (was training={modes['']})"
-    frozen = [n for n in flags if now_flags[n] != flags[n]]
-    assert not frozen, f"the attack changed requires_grad of {frozen[:3]} (training then skips them)"
-
-    touched = [n for n in grads if not _same_grad(grads[n], now_grads[n])]
-    assert not touched, f"the attack changed the parameter gradients of {touched[:3]} (main.py's backward adds to them)"
     assert torch.equal(images, images_before), "the attack changed its input tensor (main.py shows it as the original)"
     assert adv.grad_fn is None, "the adversarial batch carries an autograd graph (the readme: do not record it)"
 
 
-@pytest.mark.course(
-    "main.py validate(): model.eval(), torch.set_grad_enabled(True), perturb(model, input), then "
-    "model(adv_input) and the original input shown; the bonus keeps training the same model"
-)
-def test_course_pgd_called_as_main_py_calls_it_leaves_the_model_as_it_found_it(subject, trained):
+def _assert_flags_and_grads_kept(model: nn.Module, before) -> None:
+    _, flags, grads = before
+    _, now_flags, now_grads = _modes_flags_grads(model)
+    frozen = [n for n in flags if now_flags[n] != flags[n]]
+    assert not frozen, f"the attack changed requires_grad of {frozen[:3]} (training then skips them)"
+    touched = [n for n in grads if not _same_grad(grads[n], now_grads[n])]
+    assert not touched, f"the attack changed the parameter gradients of {touched[:3]} (a later backward adds to them)"
+
+
+def _attack_as_main_py_does(subject, trained):
+    """main.py validate(): model.eval(), gradients enabled, `.grad` None after optimizer.zero_grad(), the default
+    attack; returns the model, its state before, the input, a copy of it from before, and the result."""
     PGDAttack = need(subject, "PGDAttack")
     model = trained[0].eval()
     for p in model.parameters():
         p.requires_grad_(True)
-        p.grad = None  # main.py's optimizer.zero_grad() leaves None
+        p.grad = None
     images = trained[1][:8].clone()
     images_before, before = images.clone(), _modes_flags_grads(model)
     with torch.enable_grad():
         adv = PGDAttack(nn.CrossEntropyLoss()).perturb(model, images)  # main.py: default_attack(criterion)
-    _assert_left_as_found(model, before, images, images_before, adv)
+    return model, before, images, images_before, adv
+
+
+@pytest.mark.course(
+    "main.py validate(): model.eval(), torch.set_grad_enabled(True), perturb(model, input), then "
+    "model(adv_input) in the same mode and the original input shown"
+)
+def test_course_pgd_called_as_main_py_calls_it_keeps_the_mode_and_the_input(subject, trained):
+    _assert_modes_and_input_kept(*_attack_as_main_py_does(subject, trained))
+
+
+@pytest.mark.advised(
+    "requires_grad and parameter gradients as found: main.py's -a path only evaluates after perturb; the bonus "
+    "row, which trains the same model, holds them at the course tier"
+)
+def test_course_pgd_called_as_main_py_calls_it_keeps_requires_grad_and_gradients(subject, trained):
+    model, before, *_ = _attack_as_main_py_does(subject, trained)
+    _assert_flags_and_grads_kept(model, before)
 
 
 @pytest.mark.advised(
@@ -201,7 +267,8 @@ def test_course_pgd_leaves_input_modes_bn_statistics_and_grads_untouched(subject
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     images_before, before = images.clone(), _modes_flags_grads(model)
     adv = PGDAttack(nn.CrossEntropyLoss(), num_steps=3).perturb(model, images)
-    _assert_left_as_found(model, before, images, images_before, adv)
+    _assert_modes_and_input_kept(model, before, images, images_before, adv)
+    _assert_flags_and_grads_kept(model, before)
     changed = [n for n, b in model.named_buffers() if not torch.equal(b, buffers[n])]
     assert not changed, f"the attack changed BatchNorm statistics {changed}"
 
@@ -232,11 +299,23 @@ def test_course_pgd_works_inside_no_grad(subject, trained):
 
 
 def test_course_batch_equals_per_example(subject, trained):
+    """A deterministic attack (the same result under two seeds) must give each example what it gives it alone; one with
+    a random start is judged per example instead: each example of the batch result lies in its own ε-ball and lowers
+    its own least-confident label's loss, as it would alone."""
     PGDAttack = need(subject, "PGDAttack")
     model, images, _ = trained
-    model64, x = copy.deepcopy(model).double(), images[:5].double()
-    attack = PGDAttack(nn.CrossEntropyLoss(), num_steps=4, step_size=0.02, epsilon=0.1)
-    batch = attack.perturb(model64, x)
-    single = torch.cat([attack.perturb(model64, x[i : i + 1]) for i in range(5)])
-    err = (batch - single).abs().max().item()
-    assert err <= 1e-9, f"batched and per-example course PGD differ by {err:.3g}"
+    model64, x = copy.deepcopy(model).double(), images[:16].double()
+    eps = 0.02
+    attack = PGDAttack(nn.CrossEntropyLoss(), num_steps=1, step_size=2.5 * eps, epsilon=eps)
+    torch.manual_seed(1)
+    batch = attack.perturb(model64, x).double()
+    torch.manual_seed(2)
+    again = attack.perturb(model64, x).double()
+    if torch.equal(batch, again):
+        single = torch.cat([attack.perturb(model64, x[i : i + 1]).double() for i in range(len(x))])
+        err = (batch - single).abs().max().item()
+        assert err <= 1e-9, f"batched and per-example course PGD differ by {err:.3g} (a deterministic attack)"
+    over = ((batch - x).abs().amax((1, 2, 3)) - eps).max().item()
+    assert over <= 1e-6, f"an example of the batch leaves its own ε-ball by {over:.3g}"
+    problem = _descent_failure(model64, x, batch, 2.5 * eps, eps)
+    assert not problem, f"in a batch of {len(x)}: {problem}"

@@ -51,7 +51,8 @@ def test_block_is_pre_ln_residual_attention_then_mlp(subject, g, ws, mlp_ratio):
 
 @pytest.mark.parametrize("ws", [0, 3], ids=["global", "window3"])
 def test_block_gradients_reach_every_parameter_and_stay_finite(subject, ws):
-    block = need(subject, "TransformerBlock")(12, 3, drop_path=0.2, window_size=ws).train()
+    # Train mode, but no drop path: at 0.2 on a batch of 3, every branch is dropped ~1.6 % of the time (no gradient).
+    block = need(subject, "TransformerBlock")(12, 3, drop_path=0.0, window_size=ws).train()
     x = torch.randn(3, 5, 4, 12, requires_grad=True)
     out = block(x)
     assert out.shape == x.shape, f"block output {tuple(out.shape)} != input {tuple(x.shape)}"
