@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import errno
 import logging
+import math
 import os
 import re
 import sys
@@ -146,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_download(sub)
     _add_demo(sub)
     __import__("impl.verify", fromlist=["add_parser"]).add_parser(sub)  # check a student_code.py: report card
-    __import__("impl.experiments", fromlist=["_add_reproduce"])._add_reproduce(sub)  # the seed's experiments
+    _add_reproduce(sub)
     return parser
 
 
@@ -811,3 +812,79 @@ def run_demo(args: argparse.Namespace) -> int:
         raise UsageError(os_error_line(exc)) from exc
     print(f"report: {report}")
     return 0
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    from impl.experiments import DEFAULT_OUT as REPRODUCE_OUT
+    from impl.experiments import RAW_DIR
+
+    p = sub.add_parser(
+        "reproduce",
+        help="rerun an experiment of the seed report (reduced: CPU minutes; full: the seed's configuration)",
+        description="Run one experiment of the seed report (or `all`) and write its raw result under --out; with "
+        f"--record into {RAW_DIR}, which `python -m impl.accuracy_report` turns into reports/accuracy.md.",
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="an experiment (see --list), or all")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--data", type=Path, default=None, metavar="DIR", help="MiniPlaces folder (default: see --list)")
+    p.add_argument("--reduced", action="store_true", help="the reduced scale (class subset, few epochs, CPU)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument(
+        "--out", type=Path, default=REPRODUCE_OUT, metavar="DIR", help=f"run folders (default: {REPRODUCE_OUT})"
+    )
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help=f"also write the raw result into {RAW_DIR} (the committed table's source); refused unless the data "
+        "holds the recipe's classes",
+    )
+    p.add_argument("-j", "--workers", type=int, default=2, help="data-loading processes (default: 2)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's; 1 is fastest on a busy CPU)",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=run_reproduce)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from impl.data import DataError
+    from impl.experiments import EXPERIMENTS, RAW_DIR, ExperimentError, default_data, describe, run_experiment
+    from impl.train import CheckpointError, ConfigError, RunFolderBusy, TrainingDiverged
+
+    scale = "reduced" if args.reduced else "full"
+    if args.list:
+        print(f"experiments ({scale} scale; data default: {default_data(scale) or 'MINIPLACES_ROOT (unset)'}):")
+        for exp in EXPERIMENTS:
+            print("  " + describe(exp, scale))
+        return 0
+    if args.name is None:
+        raise UsageError("give an experiment NAME (or all), or --list")
+    names = [e.name for e in EXPERIMENTS] if args.name == "all" else [args.name]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    raw_dir = RAW_DIR if args.record else args.out / "raw"
+    for name in names:
+        try:
+            result = run_experiment(
+                name, args.data, args.reduced, device, args.out, raw_dir=raw_dir, workers=args.workers,
+                threads=args.threads, progress=args.progress,
+            )  # fmt: skip
+        except (ExperimentError, ConfigError, DataError, CheckpointError, RunFolderBusy, UnknownModel) as exc:
+            raise UsageError(f"{name}: {_reproduce_flags(name_flags(_one_line(exc)))}") from exc
+        except OSError as exc:
+            raise UsageError(f"{name}: {os_error_line(exc)}") from exc
+        except TrainingDiverged as exc:
+            print(f"miniplaces reproduce: {name}: training diverged: {exc}", file=sys.stderr)
+            return 3
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items() if not math.isnan(v))
+        print(f"{name} ({scale}, {result['wall_time_s']:.0f} s): {shown}")
+    table = "" if args.record else f" --raw {raw_dir} --out {args.out / 'accuracy.md'}"
+    print(f"raw results in {raw_dir}; make the table with: {sys.executable} -m impl.accuracy_report{table}")
+    return 0
+
+
+def _reproduce_flags(message: str) -> str:
+    """`threads must be ...` (run_experiment's argument) -> `--threads must be ...`."""
+    return re.sub(r"^threads\b", "--threads", message)

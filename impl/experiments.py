@@ -4,28 +4,26 @@ Each `Experiment` holds the seed's configuration (model, TrainConfig settings, e
 recipe, the seed's numbers with a tolerance, and a **reduced** recipe that runs on CPU in minutes: a fixed subset of
 classes of the real images (`../shared/miniplaces`: 200 train images per class, the full val set) at 64 px, fewer
 epochs, a smaller batch, one CPU thread. The CLI (`miniplaces reproduce`), the `training`-marked tests and the
-accuracy report all read `EXPERIMENTS`. Every run writes `reports/raw/accuracy-<scale>-<name>.json` (device, data,
-classes, epochs, wall time, commit) and its run folder `<out>/<scale>-<name>/` (metrics.csv, curves.png, models/).
+accuracy report all read `EXPERIMENTS`. Every run writes `<out>/raw/accuracy-<scale>-<name>.json` (device, data,
+classes, epochs, wall time, commit; `reports/raw/` only when asked to record, and only on the recipe's data) and its
+run folder `<out>/<scale>-<name>/` (metrics.csv, curves.png, models/).
 
 The full recipes follow the seed where it says, and the course's defaults (batch 256, SGD lr 0.1, momentum 0.9, wd
 1e-4, 5 warmup epochs) where it does not. Choices the seed leaves open, stated: CustomNet's Adam uses lr 1e-3 (Adam's
 default); adversarial training runs SimpleNet for 60 epochs (the SimpleNet recipe); the attack and robustness numbers
 are measured on the val images of the run's data (all of them at full scale).
 
-This room sits beside the CLI at the top: it imports train, attack and adversarial, and the model builder of
-`impl.cli`; nothing below imports it.
+This room sits just below the CLI: it imports models, train, attack and adversarial; only the CLI (`miniplaces
+reproduce`, which parses the flags and prints) and the accuracy report import it. It does not print.
 """
 
 from __future__ import annotations
 
-import argparse
+import hashlib
 import json
 import logging
-import math
 import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -81,7 +79,7 @@ class Experiment:
     name: str
     title: str  # the seed table's wording
     kind: Kind  # train: a training run; attack: attack `base`'s model; adversarial: adversarial training
-    model: str  # one of impl.cli.MODELS
+    model: str  # one of impl.models.MODELS
     full: Recipe
     reduced: Recipe
     seed: Mapping[str, float]  # the seed report's numbers (percent), by metric name
@@ -314,7 +312,9 @@ def _lines(path: Path) -> list[tuple[str, int]]:
 
 def select_classes(num_classes: int, k: int | None) -> list[int]:
     """k labels spread evenly over [0, num_classes): 0, n/k, 2n/k, ... (all labels when k is None)."""
-    if k is None or k >= num_classes:
+    if k is not None and k > num_classes:
+        raise ExperimentError(f"the recipe takes {k} classes, but the data has only {num_classes}")
+    if k is None or k == num_classes:
         return list(range(num_classes))
     if k < 2:
         raise ExperimentError(f"a class subset needs at least 2 classes, got {k}")
@@ -369,7 +369,7 @@ def run_experiment(
     device: str | torch.device = "cpu",
     out: Path = DEFAULT_OUT,
     *,
-    raw_dir: Path | None = RAW_DIR,
+    raw_dir: Path | None = None,
     workers: int = 2,
     threads: int | None = None,
     progress: bool = False,
@@ -378,13 +378,29 @@ def run_experiment(
     """Run experiment `name` at the reduced (default) or full scale and return its result (also written as
     `<raw_dir>/accuracy-<scale>-<name>.json` and `<out>/<scale>-<name>/result.json`).
 
-    `data` defaults to `default_data(scale)`. An experiment with a `base` (the attack, the custom-conv comparison,
-    adversarial training's natural baseline) reuses the base's run in `out` when it finished there, else runs it
-    first. `reuse` also reuses this experiment's own finished run. `threads` sets torch's intra-op threads for the
-    run (1 is several times faster than 2 on a shared, loaded CPU: no OpenMP spinning).
+    `data` defaults to `default_data(scale)`. `raw_dir` defaults to `<out>/raw`; recording into the repository's
+    `reports/raw` (RAW_DIR) is refused unless the data holds the recipe's classes. An experiment with a `base` (the
+    attack, the custom-conv comparison, adversarial training's natural baseline) reuses the base's run in `out` when
+    it finished there on the same data, recipe and commit, else runs it first. `reuse` also reuses this experiment's
+    own such run. `threads` sets torch's intra-op threads for the run (1 is several times faster than 2 on a shared,
+    loaded CPU: no OpenMP spinning). Everything is validated before `out` is touched; `out` is locked for the run
+    (a second run into it raises RunFolderBusy), and an earlier run folder of the experiment is moved aside to
+    `<scale>-<name>.old-<time>`, never deleted.
     """
-    exp = get(name)
     scale: Scale = "reduced" if reduced else "full"
+    source = _check_request(name, scale, data, workers, threads)
+    from impl.train import hold_lock
+
+    with hold_lock(out, f"reproduce folder {out} is in use by another run"):
+        return _run_locked(
+            name, scale, source, torch.device(device), out, raw_dir if raw_dir is not None else out / "raw",
+            workers=workers, threads=threads, progress=progress, reuse=reuse,
+        )  # fmt: skip
+
+
+def _check_request(name: str, scale: Scale, data: Path | None, workers: int, threads: int | None) -> Path:
+    """The data folder of a run of `name`, after checking every setting it will use (and its base's)."""
+    exp = get(name)
     source = data if data is not None else default_data(scale)
     if source is None:
         where = "set MINIPLACES_ROOT to the full MiniPlaces folder" if scale == "full" else f"expected {REDUCED_DATA}"
@@ -392,40 +408,109 @@ def run_experiment(
     source = Path(source)
     if not source.is_dir():
         raise ExperimentError(f"data folder {source} does not exist")
+    if threads is not None and threads < 1:
+        raise ExperimentError(f"threads must be >= 1, got {threads}")
+    for each in (exp, get(exp.base)) if exp.base is not None else (exp,):
+        train_config(each, scale, workers=workers)  # a ConfigError names the field (workers: -j)
+    return source
+
+
+def _run_locked(
+    name: str,
+    scale: Scale,
+    source: Path,
+    device: torch.device,
+    out: Path,
+    raw_dir: Path,
+    *,
+    workers: int,
+    threads: int | None,
+    progress: bool,
+    reuse: bool,
+) -> dict[str, Any]:
+    """`run_experiment`'s body, with `out` locked and the request checked."""
+    exp = get(name)
     run_dir = out / f"{scale}-{name}"
     done = run_dir / "result.json"
+    recipe = exp.recipe(scale)
+    fingerprint = _fingerprint(exp, scale, source)
     if reuse and done.is_file():
-        return json.loads(done.read_text())
+        earlier = json.loads(done.read_text())
+        if earlier.get("fingerprint") == fingerprint:
+            log.info("%s: reusing the finished run in %s", name, run_dir)
+            return earlier
+        log.info("%s: the run in %s used other data, recipe or commit: running it again", name, run_dir)
     base = None
     if exp.needs_base(scale):
         assert exp.base is not None
-        base = run_experiment(
-            exp.base, data, reduced, device, out, raw_dir=raw_dir, workers=workers, threads=threads,
-            progress=progress, reuse=True,
-        )  # fmt: skip
-    recipe = exp.recipe(scale)
+        base = _run_locked(exp.base, scale, source, device, out, raw_dir, workers=workers, threads=threads,
+                           progress=progress, reuse=True)  # fmt: skip
     root = prepare_data(source, recipe.data, out / f"data-{scale}")
+    if raw_dir.resolve() == RAW_DIR.resolve():
+        _check_recordable(exp, scale, root)
     if run_dir.exists():
-        shutil.rmtree(run_dir)
-    dev = torch.device(device)
+        _move_aside(run_dir)
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     start = time.perf_counter()
     runner = {"train": _run_training, "adversarial": _run_training, "attack": _run_attack}[exp.kind]
     try:
-        result = runner(exp, scale, root, dev, run_dir, base, workers, progress)
+        result = runner(exp, scale, root, device, run_dir, base, workers, progress)
     finally:
         torch.set_num_threads(before)
     result["threads"] = threads or before
-    result |= _provenance(exp, scale, source, root, run_dir, dev, time.perf_counter() - start)
+    result |= _provenance(exp, scale, source, root, run_dir, device, time.perf_counter() - start)
+    result["fingerprint"] = fingerprint
     run_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2, sort_keys=True) + "\n"
     done.write_text(text)
-    if raw_dir is not None:
-        raw_dir.mkdir(parents=True, exist_ok=True)
-        (raw_dir / f"accuracy-{scale}-{name}.json").write_text(text)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    (raw_dir / f"accuracy-{scale}-{name}.json").write_text(text)
     log.info("%s (%s): %s", name, scale, {k: round(v, 2) for k, v in result["metrics"].items()})
     return result
+
+
+FULL_CLASSES = 100  # MiniPlaces' class count: what a full recipe (all classes) must find
+
+
+def _check_recordable(exp: Experiment, scale: Scale, root: Path) -> None:
+    """Only a run on the recipe's data goes into reports/raw: the committed table must not take a smaller set's row."""
+    from impl.data import MiniPlaces
+
+    spec = exp.recipe(scale).data
+    expected = spec.classes or FULL_CLASSES
+    classes = len(MiniPlaces(root, "val", check_files=False).classes)
+    if classes != expected:
+        raise ExperimentError(
+            f"refusing to record {exp.name} ({scale}) into {RAW_DIR}: its data has {classes} classes, the recipe "
+            f"{expected}; drop --record (results then go under --out)"
+        )
+
+
+def _move_aside(run_dir: Path) -> Path:
+    """Rename an earlier run folder to `<name>.old-<time>` (after checking no training holds it)."""
+    from impl.train import lock_run_folder
+
+    aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    for n in range(2, 1000):
+        if not aside.exists():
+            break
+        aside = aside.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+    with lock_run_folder(run_dir):
+        run_dir.rename(aside)
+    log.info("moved the earlier run %s aside to %s", run_dir, aside)
+    return aside
+
+
+def _fingerprint(exp: Experiment, scale: Scale, source: Path) -> dict[str, Any]:
+    """What decides a run's result besides chance: the data (its folder and split files), the recipe, the code."""
+    digest = hashlib.sha256()
+    for split in ("train.txt", "val.txt", "categories.txt"):
+        path = source / split
+        digest.update(split.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"") + b"\0")
+    recipe = json.loads(json.dumps(asdict(exp.recipe(scale)), sort_keys=True, default=str))
+    return {"source": str(source.resolve()), "splits_sha256": digest.hexdigest(), "recipe": recipe,
+            "commit": _commit()}  # fmt: skip
 
 
 def _val_set(root: Path, size: int) -> Any:
@@ -442,7 +527,7 @@ def _datasets(root: Path, size: int) -> tuple[Any, Any]:
 
 def _build(exp: Experiment, num_classes: int, cfg: Any, image_size: int) -> tuple[nn.Module, str]:
     """The experiment's network after seeding; returns it and how it was initialised."""
-    from impl.cli import build_model
+    from impl.models import build_model
     from impl.models.resnet import imagenet_weights_path
     from impl.train import seed_everything
 
@@ -484,8 +569,6 @@ def _run_training(
     train_set, val_set = _datasets(root, recipe.image_size)
     model, init = _build(exp, val_set.num_classes, cfg, recipe.image_size)
     if recipe.start_from_base and base is not None:
-        from impl.train import load_checkpoint, load_weights
-
         load_weights(model, load_checkpoint(base["checkpoint"]), base["checkpoint"])
         init = f"the {exp.base} run's model_best ({base['checkpoint']})"
     model = model.to(device)
@@ -589,7 +672,7 @@ def _rows(report: Any) -> list[dict[str, Any]]:
 
 
 def _load_base(base: Mapping[str, Any], device: torch.device) -> nn.Module:
-    from impl.cli import build_model
+    from impl.models import build_model
     from impl.train import load_checkpoint, load_weights
 
     path = Path(base["checkpoint"])
@@ -690,34 +773,6 @@ def _commit() -> str:
     return sha + ("-dirty" if dirty else "")
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# command line: `miniplaces reproduce`
-
-
-def _add_reproduce(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "reproduce",
-        help="rerun an experiment of the seed report (reduced: CPU minutes; full: the seed's configuration)",
-        description="Run one experiment of the seed report (or `all`) and write reports/raw/accuracy-<scale>-<name>"
-        ".json; `python -m impl.accuracy_report` then regenerates reports/accuracy.md.",
-    )
-    p.add_argument("name", nargs="?", metavar="NAME", help="an experiment (see --list), or all")
-    p.add_argument("--list", action="store_true", help="list the experiments and exit")
-    p.add_argument("--data", type=Path, default=None, metavar="DIR", help="MiniPlaces folder (default: see --list)")
-    p.add_argument("--reduced", action="store_true", help="the reduced scale (class subset, few epochs, CPU)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help=f"run folders (default: {DEFAULT_OUT})")
-    p.add_argument("-j", "--workers", type=int, default=2, help="data-loading processes (default: 2)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch intra-op threads (default: torch's; 1 is fastest on a busy CPU)",
-    )
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.set_defaults(func=run_reproduce)
-
-
 def describe(exp: Experiment, scale: Scale) -> str:
     """One line: name, model, epochs, data, the seed's numbers."""
     recipe = exp.recipe(scale)
@@ -728,32 +783,3 @@ def describe(exp: Experiment, scale: Scale) -> str:
     what = "attack" if exp.kind == "attack" else f"{recipe.epochs} ep"
     seed = " / ".join(f"{k} {v:g}" for k, v in exp.seed.items() if k in ("top1", "top5", "pgd10_top1"))
     return f"{exp.name:<22} {exp.model:<11} {what:<7} {subset:<30} seed: {seed}"
-
-
-def run_reproduce(args: argparse.Namespace) -> int:
-    from impl.cli import UsageError
-
-    scale: Scale = "reduced" if args.reduced else "full"
-    if args.list:
-        print(f"experiments ({scale} scale; data default: {default_data(scale) or 'MINIPLACES_ROOT (unset)'}):")
-        for exp in EXPERIMENTS:
-            print("  " + describe(exp, scale))
-        return 0
-    if args.name is None:
-        raise UsageError("give an experiment NAME (or all), or --list")
-    names = [e.name for e in EXPERIMENTS] if args.name == "all" else [args.name]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        for name in names:
-            result = run_experiment(
-                name, args.data, args.reduced, device, args.out, workers=args.workers, threads=args.threads,
-                progress=args.progress,
-            )  # fmt: skip
-            shown = ", ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items() if not math.isnan(v))
-            print(f"{name} ({scale}, {result['wall_time_s']:.0f} s): {shown}")
-    except ExperimentError as exc:
-        raise UsageError(str(exc)) from exc
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise UsageError(f"{args.name}: {exc}".splitlines()[0]) from exc
-    print(f"raw results in {RAW_DIR}; regenerate the table with: {sys.executable} -m impl.accuracy_report")
-    return 0

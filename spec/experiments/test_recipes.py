@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from impl import accuracy_report
+from impl import accuracy_report, experiments
 from impl.adversarial import AdvTrainConfig
 from impl.cli import MODELS, main
 from impl.experiments import (
@@ -190,3 +190,132 @@ def test_accuracy_report_puts_the_seed_beside_ours_per_scale(tmp_path) -> None:
 def test_accuracy_report_without_raw_results_is_an_error(tmp_path, capsys) -> None:
     assert accuracy_report.main(["--raw", str(tmp_path), "--out", str(tmp_path / "a.md")]) == 2
     assert "no accuracy-*.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# `miniplaces reproduce` around the run: where results go, what it refuses, what it never destroys. The training and
+# the attack are stubbed (their reruns are test_reproduce.py); the data is a fake MiniPlaces folder of 12 classes.
+
+
+@pytest.fixture
+def stubbed(tmp_path, monkeypatch) -> dict:
+    """Stub the runners (each call is counted, its run folder marked) and point RAW_DIR at an empty folder."""
+    calls: dict = {"train": [], "attack": [], "repo_raw": tmp_path / "repo-raw"}
+
+    def runner(kind: str):
+        def run(exp, scale, root, device, run_dir, base, workers, progress) -> dict:
+            calls[kind].append((exp.name, base is not None))
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "marker").write_text(f"{exp.name} {len(calls[kind])}")
+            return {"metrics": {"top1": 50.0}}
+
+        return run
+
+    monkeypatch.setattr(experiments, "_run_training", runner("train"))
+    monkeypatch.setattr(experiments, "_run_attack", runner("attack"))
+    monkeypatch.setattr(experiments, "RAW_DIR", calls["repo_raw"])
+    return calls
+
+
+def _reproduce(name: str, data: Path, out: Path, *extra: str) -> int:
+    return main(["reproduce", name, "--reduced", "--data", str(data), "--out", str(out), "-j", "0", *extra])
+
+
+def test_reproduce_writes_raw_results_under_out_and_only_record_writes_reports_raw(tmp_path, stubbed, capsys) -> None:
+    """A review run on other data overwrote the committed reports/raw row: without --record nothing goes there."""
+    data, out = _fake_miniplaces(tmp_path / "src", classes=12), tmp_path / "out"
+    assert _reproduce("simplenet", data, out) == 0, capsys.readouterr().err
+    assert (out / "raw" / "accuracy-reduced-simplenet.json").is_file()
+    assert not stubbed["repo_raw"].exists(), f"wrote into reports/raw: {list(stubbed['repo_raw'].iterdir())}"
+    assert _reproduce("simplenet", data, out, "--record") == 0, capsys.readouterr().err
+    assert [p.name for p in stubbed["repo_raw"].iterdir()] == ["accuracy-reduced-simplenet.json"]
+
+
+def test_reproduce_refuses_data_with_fewer_classes_than_the_recipe_before_writing(tmp_path, stubbed, capsys) -> None:
+    data, out = _fake_miniplaces(tmp_path / "src", classes=4), tmp_path / "out"
+    assert _reproduce("simplenet", data, out, "--record") == 2
+    err = capsys.readouterr().err.strip()
+    assert "simplenet: the recipe takes 10 classes, but the data has only 4" in err and len(err.splitlines()) == 1, err
+    assert not stubbed["repo_raw"].exists() and not stubbed["train"], "refused, yet it ran or recorded"
+
+
+def test_select_classes_refuses_more_classes_than_the_data_has() -> None:
+    assert select_classes(10, 10) == list(range(10))
+    with pytest.raises(ExperimentError, match="takes 11 classes, but the data has only 10"):
+        select_classes(10, 11)
+
+
+def test_recording_is_refused_when_the_data_lacks_the_recipes_classes(tmp_path) -> None:
+    """The full recipe takes every class: a 12-class folder must not land in the committed table."""
+    data = _fake_miniplaces(tmp_path / "src", classes=12)
+    with pytest.raises(ExperimentError, match="its data has 12 classes, the recipe 100; drop --record"):
+        experiments._check_recordable(BY_NAME["simplenet"], "full", data)
+
+
+@pytest.mark.parametrize(("flags", "needle"), [(["-j", "-1"], "-j must be >= 0"), (["--threads", "0"], "--threads")])
+def test_a_bad_flag_is_refused_before_the_earlier_run_is_touched(tmp_path, stubbed, capsys, flags, needle) -> None:
+    data, out = _fake_miniplaces(tmp_path / "src", classes=12), tmp_path / "out"
+    assert _reproduce("simplenet", data, out) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert _reproduce("simplenet", data, out, *flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "TrainConfig" not in err[0], err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before, "a refused run changed the out folder"
+
+
+def test_an_earlier_run_is_moved_aside_not_deleted(tmp_path, stubbed, capsys) -> None:
+    data, out = _fake_miniplaces(tmp_path / "src", classes=12), tmp_path / "out"
+    assert _reproduce("simplenet", data, out) == 0
+    assert _reproduce("simplenet", data, out) == 0
+    aside = sorted(out.glob("reduced-simplenet.old-*"))
+    assert len(aside) == 1 and (aside[0] / "marker").read_text() == "simplenet 1", aside
+    assert (out / "reduced-simplenet" / "marker").read_text() == "simplenet 2"
+
+
+def test_a_second_reproduce_into_a_busy_out_folder_is_refused(tmp_path, stubbed, capsys) -> None:
+    from impl.train import hold_lock
+
+    data, out = _fake_miniplaces(tmp_path / "src", classes=12), tmp_path / "out"
+    with hold_lock(out, "held by the test"):
+        assert _reproduce("simplenet", data, out) == 2
+    err = capsys.readouterr().err
+    assert "is in use by another run" in err and not stubbed["train"], err
+
+
+def test_the_base_run_is_reused_only_on_the_same_data(tmp_path, stubbed, capsys) -> None:
+    """pgd-course attacks simplenet's model: a finished base run is reused, unless the data's split files differ."""
+    data, out = _fake_miniplaces(tmp_path / "src", classes=12), tmp_path / "out"
+    assert _reproduce("pgd-course", data, out) == 0
+    assert _reproduce("pgd-course", data, out) == 0
+    assert stubbed["train"] == [("simplenet", False)], "the base ran again on the same data"
+    with (data / "train.txt").open("a") as fh:
+        fh.write("train/c/class0/00000099.jpg 0\n")
+    assert _reproduce("pgd-course", data, out) == 0
+    assert stubbed["train"] == [("simplenet", False)] * 2, "the base was reused on other data"
+    assert stubbed["attack"] == [("pgd-course", True)] * 3
+    result = json.loads((out / "reduced-simplenet" / "result.json").read_text())
+    assert {"source", "splits_sha256", "recipe", "commit"} <= result["fingerprint"].keys(), result["fingerprint"]
+
+
+def test_reproduce_all_names_the_experiment_that_failed(tmp_path, stubbed, monkeypatch, capsys) -> None:
+    from impl.data import DataError
+
+    def broken(exp, *args) -> dict:
+        raise DataError(f"bad image for {exp.name}")
+
+    monkeypatch.setattr(experiments, "_run_attack", broken)
+    data, out = _fake_miniplaces(tmp_path / "src", classes=12), tmp_path / "out"
+    assert _reproduce("all", data, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "miniplaces reproduce: error: pgd-course: bad image for pgd-course", err
+
+
+def test_reproduce_lets_a_bug_raise_instead_of_calling_it_a_usage_error(tmp_path, stubbed, monkeypatch) -> None:
+    """Only our own error types become one-line usage errors; a ValueError from a bug keeps its traceback."""
+
+    def buggy(*args) -> dict:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(experiments, "_run_training", buggy)
+    with pytest.raises(ValueError, match="a bug"):
+        _reproduce("simplenet", _fake_miniplaces(tmp_path / "src", classes=12), tmp_path / "out")
