@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,3 +183,20 @@ def test_the_gpu_script_runs_every_stage_and_fails_if_one_failed(tmp_path):
     done = _gpu_sh(tmp_path / "bad", PYTHON="false", GPU_SH_STAGES="env floor")  # every stage's command fails
     log = (tmp_path / "bad" / "gpu.log").read_text()
     assert done.returncode == 1 and "=== failed stages: env floor" in log, log
+
+
+def test_the_gpu_script_keeps_its_budget_even_when_a_stage_ignores_sigterm(tmp_path):
+    """A stage that ignores SIGTERM and would run 60 s is killed inside the budget, and the stages after it are not
+    started: the script's 8-minute bound (here 6 s) holds with the kill grace and every stage counted."""
+    stubborn = tmp_path / "stubborn-python"
+    stubborn.write_text("#!/usr/bin/env bash\ntrap '' TERM\nsleep 60\n")
+    stubborn.chmod(0o755)
+    t0 = time.monotonic()
+    done = _gpu_sh(
+        tmp_path / "slow", PYTHON=str(stubborn), GPU_SH_STAGES="env floor early", GPU_SH_BUDGET="6", GPU_SH_GRACE="2"
+    )
+    wall = time.monotonic() - t0
+    log = (tmp_path / "slow" / "gpu.log").read_text()
+    assert wall < 6 + 2, f"the script ran {wall:.1f} s against a 6 s budget\n{log}"
+    assert done.returncode == 1 and "=== failed stages: env floor early" in log, log
+    assert "=== floor: not started" in log and "=== early: not started" in log, log
