@@ -48,6 +48,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="only the subject tests of these graded parts (see impl/verify.py PARTS)",
     )
     parser.addoption(
+        "--test-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fail a test (setup and call) that runs longer than this, naming the timeout: an endless loop in a "
+        "student's file ends in a FAIL row, not a hung run (default: 120 for a foreign file, off for impl; 0: off)",
+    )
+    parser.addoption(
         "--verify-json",
         default="",
         metavar="PATH",

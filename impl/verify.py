@@ -37,7 +37,10 @@ PARTS: tuple[str, ...] = (
 # The readme's points (CS 771 Fall 2025 HW2, §3): §3.1.1 "Understand Convolutions (2 Pts)" is split evenly between
 # the forward and the backward pass; §3.1.2 "A Simple Convolutional Network (1 Pt)" and "Train with Your Own
 # Convolutions (1 Pt)" both rest on SimpleNet running with CustomConv2d; §3.2.1 Self-Attention 2, Transformer Block 1;
-# §3.2.2 SimpleViT 1; §3.3 Adversarial Samples 2; Adversarial Training is the +2 bonus.
+# §3.2.2 SimpleViT 1; §3.3 Adversarial Samples 2; Adversarial Training is the +2 bonus. This is miniplaces-lab's
+# allocation of the course's points to the parts code can check: 10 of the course's 12, the rest ("Design Your Own
+# Network", "Fine-Tune ResNet18") is graded from the writeup.
+POINTS_NOTE = "miniplaces-lab's allocation of the course's points to the parts it tests; the writeup is not graded"
 POINTS: Mapping[str, float] = {
     "conv_forward": 1.0,
     "conv_backward": 1.0,
@@ -66,7 +69,7 @@ class Row:
 @dataclass(frozen=True)
 class ReportCard:
     rows: tuple[Row, ...]
-    exit_code: int  # non-zero exactly when a `course` test failed (or the file cannot be imported)
+    exit_code: int  # non-zero exactly when a `course` test failed, every part is MISSING or the file cannot load
     subject: str = ""
     error: str = ""  # why the file could not be imported (then every row is FAIL with this diagnosis)
 
@@ -103,7 +106,8 @@ def build_card(results: Mapping[str, Any], parts: Sequence[str] | None = None) -
     tests = results.get("tests", [])
     rows = tuple(_row(part, [t for t in tests if t["part"] == part]) for part in parts)
     failed = any(t["outcome"] == "failed" for t in tests)
-    return ReportCard(rows, int(failed), results.get("subject", ""))
+    nothing_graded = all(r.status == "MISSING" for r in rows)  # e.g. the unedited starter: not a pass
+    return ReportCard(rows, int(failed or nothing_graded), results.get("subject", ""))
 
 
 def _row(part: str, tests: list[Mapping[str, Any]]) -> Row:
@@ -142,6 +146,7 @@ def render(card: ReportCard) -> str:
     if len(course) < len(card.rows):
         bonus = card.row("bonus")
         score += f" + bonus {_pts(bonus.points)}/{_pts(bonus.max_points)}"
+    score += f" ({POINTS_NOTE})"
     lines.append(
         f"  {score} · {sum(total.values())} tests of the subject: "
         + ", ".join(f"{total[o]} {o}" for o in OUTCOMES)
@@ -165,16 +170,29 @@ def gradescope(card: ReportCard) -> dict[str, Any]:
         }
         for r in card.rows
     ]
-    out: dict[str, Any] = {"score": card.score, "tests": tests}
+    out: dict[str, Any] = {"score": card.score, "tests": tests, "output": f"points: {POINTS_NOTE}"}
     if card.error:
-        out["output"] = card.error
+        out["output"] = f"{card.error}\n{out['output']}"
     return out
 
 
+def gradescope_failure(message: str) -> dict[str, Any]:
+    """The Gradescope results of a run that produced no card (the spec run hung or crashed): score 0 and why."""
+    return {"score": 0.0, "tests": [], "output": message}
+
+
+RUN_TIMEOUT_S = 900.0  # the whole spec run of one file; each test also stops after spec/conftest.py's timeout
+
+
 def verify(
-    path: str | os.PathLike[str], *, parts: Sequence[str] | None = None, pytest_args: Sequence[str] = ()
+    path: str | os.PathLike[str],
+    *,
+    parts: Sequence[str] | None = None,
+    pytest_args: Sequence[str] = (),
+    timeout_s: float = RUN_TIMEOUT_S,
 ) -> ReportCard:
-    """Run the spec against `path` (a student_code.py), only the tests of `parts` when given; same verdict every run."""
+    """Run the spec against `path` (a student_code.py), only the tests of `parts` when given; same verdict every run.
+    Raises VerifyError when the run writes no results, or runs past `timeout_s` (e.g. a loop at import time)."""
     unknown = [p for p in parts or () if p not in PARTS]
     if unknown:
         raise ValueError(f"unknown part(s) {unknown}; parts are {', '.join(PARTS)}")
@@ -199,12 +217,20 @@ def verify(
             *([f"--parts={','.join(parts)}"] if parts else []),
             *pytest_args,
         ]
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            tail = "\n".join(_text(exc.stdout).strip().splitlines()[-15:])
+            raise VerifyError(f"the spec run did not finish within the {timeout_s:g} s timeout:\n{tail}") from None
         if not results_file.is_file():
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise VerifyError(f"the spec run wrote no results (pytest exit {proc.returncode}):\n{tail}")
         results = json.loads(results_file.read_text())
     return build_card(results, parts)
+
+
+def _text(out: str | bytes | None) -> str:
+    return out.decode(errors="replace") if isinstance(out, bytes) else out or ""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -214,7 +240,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="check a student_code.py against the spec and print its report card",
         description="Run the spec against a student_code.py and print the report card: one row per graded part "
         "(PASS/FAIL/MISSING/WARN, the course's points, the first failure's diagnosis). Exits 1 when a course test "
-        "failed or the file cannot be imported.",
+        "failed, nothing was graded (every part MISSING) or the file cannot be imported; each test stops after "
+        "120 s, the run after 900 s.",
     )
     p.add_argument("path", metavar="PATH", help="the student_code.py to check (its folder goes on sys.path)")
     p.add_argument("--parts", nargs="+", choices=PARTS, metavar="PART", help=f"only these parts: {', '.join(PARTS)}")
@@ -233,8 +260,13 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     except VerifyError as exc:
         print(exc, file=sys.stderr)
+        _write_gradescope(args.gradescope, gradescope_failure(str(exc)))
         return 1
     print(render(card))
-    if args.gradescope:
-        args.gradescope.write_text(json.dumps(gradescope(card), indent=2) + "\n")
+    _write_gradescope(args.gradescope, gradescope(card))
     return card.exit_code
+
+
+def _write_gradescope(path: Path | None, results: Mapping[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(results, indent=2) + "\n")

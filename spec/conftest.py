@@ -4,13 +4,17 @@ The policy (spec/CONTRACT.md): every test that uses `subject` declares a tier an
 (spec/contract.py), checked at collection. For `impl` every tier is required. For a foreign file (`--impl PATH`) only
 the subject's tests are collected, `extension` tests are deselected, an `advised` failure is reported as xfailed (a
 warning with its reason), and the run ends with the report card; the exit status is non-zero exactly when a `course`
-test failed or the file cannot be imported (then the card is that one line, not one error per test).
+test failed, nothing was graded (every part MISSING), or the file cannot be imported (then the card is that one line,
+not one error per test). Each test of a foreign file fails after --test-timeout seconds (default 120), naming it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,10 +33,56 @@ _ERROR = pytest.StashKey[str]()
 _RECORDS = pytest.StashKey[dict[str, dict[str, Any]]]()
 _CONTRACTS = pytest.StashKey[dict[str, Contract]]()
 _SUBJECT_PARAMETER = re.compile(r"def \w+\([^)]*\bsubject\b")  # a test or fixture that takes the subject
+FOREIGN_TEST_TIMEOUT_S = 120.0  # per test of a foreign file; the slowest passes in a few seconds
 
 
 def _foreign(config: pytest.Config) -> bool:
     return config.getoption("--impl") != "impl"
+
+
+def _timeout_s(config: pytest.Config) -> float:
+    chosen = config.getoption("--test-timeout")
+    if chosen is None:
+        return FOREIGN_TEST_TIMEOUT_S if _foreign(config) else 0.0
+    return max(chosen, 0.0)
+
+
+class TestTimeout(BaseException):
+    """A test ran past --test-timeout. A BaseException, so that neither hypothesis (which would replay the example,
+    with no alarm left) nor the subject's `except Exception` swallows it."""
+
+    __test__ = False  # not a test class
+
+
+@contextmanager
+def _alarm(seconds: float, what: str) -> Iterator[None]:
+    """Raise TestTimeout in the main thread after `seconds` (SIGALRM; nothing where there is none, e.g. Windows)."""
+    if seconds <= 0 or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise TestTimeout(f"{what} ran past the {seconds:g} s timeout (an endless loop, or far too slow)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _alarm(_timeout_s(item.config), "the setup"):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _alarm(_timeout_s(item.config), "the test"):
+        return (yield)
 
 
 def _parts(config: pytest.Config) -> set[str]:
@@ -180,8 +230,11 @@ def _results(config: pytest.Config) -> dict[str, Any]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    if config.stash.get(_ERROR, ""):
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    passing = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
+    # The card's verdict: a file that could not be imported, or of which nothing was graded, does not pass.
+    if _foreign(config) and _RECORDS in config.stash and session.exitstatus in passing:
+        card = build_card(_results(config), _parts(config) or None)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED if card.exit_code else session.exitstatus
     out = config.getoption("--verify-json")
     if out:
         Path(out).write_text(json.dumps(_results(config), indent=1) + "\n")

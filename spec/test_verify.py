@@ -98,6 +98,67 @@ def test_nox_verify_takes_a_relative_path_with_spaces_from_another_folder(tmp_pa
     assert re.search(r"report card: .*my code/student_code\.py", out), out
     assert re.search(r"conv_forward +PASS", out) and re.search(r"simplenet +PASS", out), out
     assert junit.is_file() and "in_place_by_relu" in junit.read_text(), "no JUnit XML of the run"
+    shutil.copytree(FOREIGN / "returns_view", tmp_path / "bad code")
+    cmd[cmd.index("my code/student_code.py")] = "bad code/student_code.py"
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and re.search(r"conv_forward +FAIL", out), f"exit {proc.returncode}: {out[-3000:]}"
+
+
+def _with_edit(tmp_path: Path, old: str, new: str) -> Path:
+    """spec/foreign/correct with one edit, as a student's folder under tmp_path."""
+    folder = tmp_path / "student"
+    shutil.copytree(FOREIGN / "correct", folder)
+    code = folder / "student_code.py"
+    text = code.read_text()
+    assert text.count(old) == 1, old
+    code.write_text(text.replace(old, new))
+    return code
+
+
+def test_two_runs_of_a_buggy_file_give_the_same_card(tmp_path: Path) -> None:
+    """The weight gradient averaged over the batch fails only where the drawn batch has N > 1: the failing example,
+    and so the diagnosis, is the same in both runs."""
+    code = _with_edit(tmp_path, ".sum(0).view_as(weight)", ".mean(0).view_as(weight)")
+    runs = [
+        verify(code, parts=["conv_backward"], pytest_args=["-k", "backward_matches_torch_nn_grad or float32_matches"])
+        for _ in range(2)
+    ]
+    first = runs[0].row("conv_backward")
+    assert first.status == "FAIL" and "ConvCase(" in first.diagnosis, render(runs[0])
+    assert runs[0] == runs[1], f"two runs, two cards:\n{render(runs[0])}\n{render(runs[1])}"
+
+
+def test_an_endless_loop_in_a_test_is_a_fail_row_naming_the_timeout(tmp_path: Path) -> None:
+    code = _with_edit(tmp_path, "        ctx.stride, ctx.padding = stride, padding\n", "        while True: pass\n")
+    card = verify(code, parts=["conv_forward"], pytest_args=["-k", "drop_in or forward_matches", "--test-timeout=2"])
+    row = card.row("conv_forward")
+    assert row.status == "FAIL" and card.exit_code == 1, render(card)
+    assert "TestTimeout" in row.diagnosis and "2 s timeout" in row.diagnosis, row.diagnosis
+    assert row.counts["failed"] == 2, row.counts
+
+
+def test_a_run_past_its_timeout_raises_verify_error_naming_it(tmp_path: Path) -> None:
+    student = tmp_path / "student_code.py"
+    student.write_text("while True:\n    pass\n")  # at import: before any test's own timeout
+    with pytest.raises(impl.verify.VerifyError, match="did not finish within the 8 s timeout"):
+        verify(student, parts=["conv_forward"], timeout_s=8)
+
+
+def test_a_file_with_nothing_graded_does_not_pass(tmp_path: Path) -> None:
+    """The unedited starter (or an empty file) has every part MISSING: the run exits non-zero, pytest's own exit (what
+    `nox -s verify` returns) as well as the card's."""
+    student = tmp_path / "student_code.py"
+    student.write_text("import torch\n")
+    records = tmp_path / "records.json"
+    cmd = [sys.executable, "-m", "pytest", str(REPO / "spec"), f"--rootdir={REPO}", "-q", "-p", "no:cacheprovider"]
+    cmd += [f"--config-file={REPO / 'pyproject.toml'}", f"--impl={student}", f"--verify-json={records}"]
+    proc = subprocess.run([*cmd, "--parts=conv_forward,pgd"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    card = build_card(json.loads(records.read_text()), ["conv_forward", "pgd"])
+    assert {r.status for r in card.rows} == {"MISSING"}, render(card)
+    assert card.exit_code == 1 and proc.returncode == 1, f"exit {proc.returncode}\n{proc.stdout[-2000:]}"
+    partly = build_card({"tests": [_test("pgd", "skipped"), _test("conv_forward", "passed")]})
+    assert partly.exit_code == 0, "a part left MISSING costs its points, not the run"
 
 
 def test_foreign_runs_draw_the_same_examples_every_run() -> None:
@@ -141,6 +202,26 @@ def test_the_command_prints_the_card_writes_gradescope_and_exits_with_the_card(
     assert calls == [("s.py", {"parts": ["pgd"], "pytest_args": [f"--junit-xml={Path('j.xml').resolve()}"]})]
     assert re.search(r"pgd +FAIL .*ascends", capsys.readouterr().out)
     assert json.loads(results.read_text()) == gradescope(card)
+
+
+def test_the_command_writes_gradescope_results_even_when_the_run_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def hung(path, **kw):
+        raise impl.verify.VerifyError("the spec run did not finish within the 900 s timeout:\nlast line")
+
+    monkeypatch.setattr(impl.verify, "verify", hung)
+    results = tmp_path / "results.json"
+    assert cli.main(["verify", "s.py", "--gradescope", str(results)]) == 1
+    written = json.loads(results.read_text())
+    assert written["score"] == 0 and "900 s timeout" in written["output"] and "last line" in written["output"]
+    assert "900 s timeout" in capsys.readouterr().err
+
+
+def test_the_points_are_labelled_as_miniplaces_labs_allocation() -> None:
+    card = build_card({"tests": [_test("conv_forward", "passed")]})
+    assert impl.verify.POINTS_NOTE in render(card) and impl.verify.POINTS_NOTE in gradescope(card)["output"]
+    assert sum(POINTS[p] for p in PARTS if p != "bonus") == 10, "the card's allocation of the course's code parts"
 
 
 def test_the_command_names_a_missing_file_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
