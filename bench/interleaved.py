@@ -8,6 +8,7 @@ the table script of bench/ reads from reports/raw/.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -100,3 +101,26 @@ def write(raw: dict, out: Path) -> None:
 
 def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
+
+
+def bench_parser(doc: str, device: torch.device, table: str, env: str, rounds: int) -> argparse.ArgumentParser:
+    """The flags every interleaved benchmark shares: --out (reports/raw/<device>-<table>.json), --rounds and
+    --threads, defaulting to $<env>_ROUNDS and $<env>_THREADS; the caller adds its own, then `parse_bench_args`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(f"reports/raw/{device.type}-{table}.json"))
+    parser.add_argument("--rounds", type=int, default=env_int(f"{env}_ROUNDS", rounds), help="interleaved rounds")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=env_int(f"{env}_THREADS", 1 if device.type == "cpu" else 0),
+        help="torch threads; 0: torch's default. On CPU 1, so the clock is this thread's CPU time",
+    )
+    return parser
+
+
+def parse_bench_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, then apply --threads (before any work, so `cpu_clock` sees it)."""
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args

@@ -3,7 +3,7 @@
 The model: SimpleNet (10 classes) trained from scratch for `--train-steps` Adam steps on synthetic scenes drawn in
 memory (`impl.data.render`, the demo's classes) at `--size` px; no augmentation. Early stopping saves in proportion
 to how soon examples are fooled, so an untrained model (mostly wrong from the start) would flatter it: the report
-states the model's clean accuracy beside the times. Timed side by side (bench/attack/interleaved.py): clean forward,
+states the model's clean accuracy beside the times. Timed side by side (bench/interleaved.py): clean forward,
 PGD-k + forward, early-stopped PGD-k + forward, on the same validation batch. Accuracies come from the same runs.
 
     python -m bench.attack.early_stop [--out reports/raw/cpu-attack-early-stop.json]   # BENCH_DEVICE, env vars below
@@ -11,15 +11,22 @@ PGD-k + forward, early-stopped PGD-k + forward, on the same validation batch. Ac
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.attack.interleaved import cpu_clock, entry, env_int, interleave, median_ms, raw_file, write
 from bench.device import bench_device
+from bench.interleaved import (
+    bench_parser,
+    cpu_clock,
+    entry,
+    env_int,
+    interleave,
+    median_ms,
+    parse_bench_args,
+    raw_file,
+    write,
+)
 from impl.attack import pgd
 from impl.data import IMAGENET_MEAN, IMAGENET_STD, render
 from impl.models import SimpleNet
@@ -53,22 +60,12 @@ def train(device: torch.device, size: int, steps: int, batch: int = 32) -> nn.Mo
 
 def main(argv: list[str] | None = None) -> None:
     device = bench_device()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(f"reports/raw/{device.type}-attack-early-stop.json"))
+    parser = bench_parser(__doc__, device, TABLE, "ATTACK_ES", rounds=7)
     parser.add_argument("--size", type=int, default=env_int("ATTACK_ES_SIZE", 64), help="image side (px)")
     parser.add_argument("--train-steps", type=int, default=env_int("ATTACK_ES_TRAIN_STEPS", 300))
     parser.add_argument("--batch", type=int, default=env_int("ATTACK_ES_BATCH", 64), help="validation batch")
     parser.add_argument("--steps", type=int, default=env_int("ATTACK_ES_STEPS", 10), help="PGD-k")
-    parser.add_argument("--rounds", type=int, default=env_int("ATTACK_ES_ROUNDS", 7), help="interleaved rounds")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=env_int("ATTACK_ES_THREADS", 1 if device.type == "cpu" else 0),
-        help="torch threads; 0: torch's default. On CPU 1, so the clock is this thread's CPU time",
-    )
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser, argv)
     net = train(device, args.size, args.train_steps)
     x, y = scenes(max(1, args.batch // CLASSES), args.size, 1, device)
     options = dict(eps=8 / 255, alpha=2 / 255, steps=args.steps, generator=None)

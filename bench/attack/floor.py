@@ -9,7 +9,7 @@ The floor of an attack is the work its algorithm cannot skip, timed on the same 
 
 `forward + input-only backward` is `torch.autograd.grad(loss, x)` with the parameters frozen, i.e. the cheapest way to
 get ∂loss/∂x. Rounds visit every candidate once, in a fresh random order, so load from other processes spreads over
-all of them; medians of the rounds are reported (bench/attack/interleaved.py). With one torch thread on CPU the
+all of them; medians of the rounds are reported (bench/interleaved.py). With one torch thread on CPU the
 clock is this thread's CPU time, which other processes on a shared machine cannot inflate. Output:
 pytest-benchmark-shaped JSON for the table script, with `floor_ms`, `floor` (the formula) and `ratio_vs_floor` on each
 attack.
@@ -19,16 +19,24 @@ attack.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from bench.attack.cases import BATCH, SIZE, batch, eval_step, model, train_step
-from bench.attack.interleaved import cpu_clock, entry, env_int, interleave, median_ms, raw_file, write
 from bench.device import bench_device
+from bench.interleaved import (
+    bench_parser,
+    cpu_clock,
+    entry,
+    env_int,
+    interleave,
+    median_ms,
+    parse_bench_args,
+    raw_file,
+    write,
+)
 
 TABLE = "attack-floor"
 
@@ -92,21 +100,11 @@ def to_raw(times: dict[str, list[float]], device: torch.device, steps: int, n: i
 
 def main(argv: list[str] | None = None) -> None:
     device = bench_device()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(f"reports/raw/{device.type}-attack-floor.json"))
+    parser = bench_parser(__doc__, device, TABLE, "ATTACK_FLOOR", rounds=9)
     parser.add_argument("--steps", type=int, default=env_int("ATTACK_FLOOR_STEPS", 10), help="PGD-k of the eval")
     parser.add_argument("--batch", type=int, default=env_int("ATTACK_FLOOR_BATCH", BATCH), help="images per batch")
     parser.add_argument("--size", type=int, default=env_int("ATTACK_FLOOR_SIZE", SIZE), help="image side (px)")
-    parser.add_argument("--rounds", type=int, default=env_int("ATTACK_FLOOR_ROUNDS", 9), help="interleaved rounds")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=env_int("ATTACK_FLOOR_THREADS", 1 if device.type == "cpu" else 0),
-        help="torch threads; 0: torch's default. On CPU 1, so the clock is this thread's CPU time",
-    )
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser, argv)
     clock, clock_name = cpu_clock(device)
     times = interleave(candidates(device, args.steps, args.batch, args.size), args.rounds, device, clock=clock)
     raw = to_raw(times, device, args.steps, args.batch, args.size)

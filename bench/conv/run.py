@@ -2,7 +2,7 @@
 layer, and time and process memory of SimpleNet SGD steps with each conv op. Targets for "fast": <= 1.2x native
 time for the NCHW step (the course's layout; the channels_last step beside it) and <= 1.05x native peak memory.
 
-Timing: candidates of a case run in one interleaved loop (bench.attack.interleaved: every candidate once per round,
+Timing: candidates of a case run in one interleaved loop (bench.interleaved: every candidate once per round,
 random order), and each is reported with the median over rounds of its time divided by the baseline's in the same
 round. Memory: a fresh process per candidate, default allocator, 5 SGD steps (bench.device.process_memory_mib); on
 CUDA torch's peak allocated / reserved and NVML's device usage. Table: reports/conv.md (and reports/memory.md).
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.attack.interleaved import entry, env_int, interleave, raw_file, write
 from bench.conv.simplenet_step import make_step
 from bench.device import bench_device, cuda_memory_mib, process_memory_mib
+from bench.interleaved import entry, env_int, interleave, raw_file, write
 from impl.conv import custom_conv2d
 
 TABLE = "conv"

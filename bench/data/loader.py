@@ -21,8 +21,8 @@ from statistics import median
 import torch
 from torch.utils.data import DataLoader
 
-from bench.attack.interleaved import entry, env_int, raw_file, write
 from bench.device import bench_device
+from bench.interleaved import entry, env_int, raw_file, write
 from impl.data import MiniPlaces, make_synthetic, train_transform
 
 TABLE = "data"

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.attack.interleaved import entry, env_int, raw_file, write
 from bench.device import bench_device
+from bench.interleaved import entry, env_int, raw_file, write
 from impl.conv import CustomConv2d
 from impl.data.batch_transforms import AugmentConfig
 from impl.data.cache import load_cache

@@ -1,6 +1,6 @@
 """Training-step throughput (img/s) and peak memory of every network of the seed, side by side.
 
-All models' steps run in one interleaved loop (bench.attack.interleaved: each round visits every model once, in a
+All models' steps run in one interleaved loop (bench.interleaved: each round visits every model once, in a
 fresh random order; medians of the rounds), so load from other processes spreads over all of them. Memory: on CPU
 the process probe (`bench.device.process_memory_mib`: a fresh process per model, default allocator, 5 steps, the
 process's high-water mark); on CUDA torch's peak allocated / reserved and NVML's device usage, separate columns.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from bench.attack.interleaved import entry, env_int, interleave, raw_file, write
 from bench.device import bench_device, cuda_memory_mib, process_memory_mib
+from bench.interleaved import entry, env_int, interleave, raw_file, write
 from bench.models.cases import MODELS, make_train_step
 
 TABLE = "models"
