@@ -66,8 +66,11 @@ def conv_grad_variants(x: Tensor, w: Tensor, g: Tensor, stride: int, padding: in
             "kernel not flipped in the input gradient": lambda: torch.nn.grad.conv2d_input(
                 x.shape, w.flip(2, 3), g, stride, padding
             ),
-            "input gradient folded with stride 1": lambda: _fold_grad(x, w, g, 1, padding),
-            "input gradient folded without padding": lambda: _fold_grad(x, w, g, stride, 0),
+            # A fold with another stride or padding than the forward's cannot even run (its block count differs):
+            # `hint` names that one. The padded input's gradient cropped at the wrong place runs, and is wrong.
+            "padded input's gradient cropped at the corner instead of the padding": lambda: _corner_cropped_grad(
+                x, w, g, stride, padding
+            ),
         },
         "weight": {
             "weight gradient averaged over the batch instead of summed": lambda: gw / x.shape[0],
@@ -82,9 +85,11 @@ def conv_grad_variants(x: Tensor, w: Tensor, g: Tensor, stride: int, padding: in
     }
 
 
-def _fold_grad(x: Tensor, w: Tensor, g: Tensor, stride: int, padding: int) -> Tensor:
-    cols = w.reshape(w.shape[0], -1).T @ g.reshape(g.shape[0], g.shape[1], -1)  # (N, C_in·K², L)
-    return F.fold(cols, x.shape[2:], w.shape[2], padding=padding, stride=stride)
+def _corner_cropped_grad(x: Tensor, w: Tensor, g: Tensor, stride: int, padding: int) -> Tensor:
+    """The gradient of the explicitly padded input, cropped to (H, W) from its top-left corner, not from (P, P)."""
+    h, w_ = x.shape[2:]
+    padded = (x.shape[0], x.shape[1], h + 2 * padding, w_ + 2 * padding)
+    return torch.nn.grad.conv2d_input(padded, w, g, stride, 0)[:, :, :h, :w_]
 
 
 # --- §3.2.1 attention --------------------------------------------------------------------------------------------
