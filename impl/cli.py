@@ -326,9 +326,9 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise UsageError("-v/--vis works with -e or -a only")
     if args.adv_train and (args.evaluate or args.attack):
         raise UsageError("--adv-train trains; it does not combine with -e or -a")
-    if args.attack_steps < 0 or (args.attack_batches is not None and args.attack_batches < 1):
+    if args.attack_steps < 1 or (args.attack_batches is not None and args.attack_batches < 1):
         got = f"{args.attack_steps}, {args.attack_batches}"
-        raise UsageError(f"--attack-steps must be >= 0 and --attack-batches >= 1, got {got}")
+        raise UsageError(f"--attack-steps and --attack-batches must be >= 1, got {got}")
     if args.adv_val_images < 1 or args.adv_steps < 1:
         raise UsageError(f"--adv-val-images and --adv-steps must be >= 1, got {args.adv_val_images}, {args.adv_steps}")
     if args.attack_figures < 0:
@@ -401,9 +401,13 @@ def _init_distributed(device_type: str) -> int | None:
 
 
 def _train_config(args: argparse.Namespace, model_arch: str) -> TrainConfig:
-    from impl.train import TrainConfig
+    from impl.train import ConfigError, TrainConfig
 
     vit = model_arch == "vit"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(args.workers, cpus)
+    if workers < args.workers:  # torch would print a multi-line warning and run slower, not faster
+        log.info("-j %d capped at the %d CPUs this process may use", args.workers, cpus)
     try:
         cfg = TrainConfig(
             model_arch=model_arch,
@@ -415,13 +419,13 @@ def _train_config(args: argparse.Namespace, model_arch: str) -> TrainConfig:
             weight_decay=args.weight_decay,
             optimizer="adamw" if vit else "sgd",
             clip_grad=args.clip_grad if vit else 0.0,
-            workers=args.workers,
+            workers=workers,
             print_freq=args.print_freq,
             seed=args.seed,
             amp=args.amp,
             compile=args.compile,
         )
-    except ValueError as exc:
+    except ConfigError as exc:
         raise UsageError(name_flags(str(exc))) from exc
     if cfg.warmup >= cfg.epochs and not args.evaluate and not args.attack:
         reached = cfg.eta_min + (cfg.lr - cfg.eta_min) * cfg.epochs / cfg.warmup
@@ -448,10 +452,16 @@ def _says_complete(args: argparse.Namespace, ckpt: dict[str, Any], cfg: TrainCon
     planned = int((ckpt.get("config") or {}).get("epochs", cfg.epochs))
     if done < planned:
         return False
+    from impl.train import COURSE_FLAGS, RESUME_FIXED
+
+    saved = ckpt.get("config") or {}
+    differ = [f"{COURSE_FLAGS[k]} {getattr(cfg, k)} (the run's: {saved[k]})" for k in RESUME_FIXED
+              if k != "epochs" and k in saved and saved[k] != getattr(cfg, k)]  # fmt: skip
+    ignored = f" Ignored, as nothing trains: {', '.join(differ)}." if differ else ""
     print(
         f"{args.resume} is complete ({done} of {planned} epochs): nothing to train. Evaluate it with "
         f"`miniplaces train {args.data_folder} -e --resume {args.resume}`; a longer schedule is a new run "
-        "(its cosine has ended, so it cannot be extended)."
+        f"(its cosine has ended, so it cannot be extended).{ignored}"
     )
     return True
 
@@ -484,6 +494,7 @@ def run_train(args: argparse.Namespace) -> int:
     from impl.data import DataError, MiniPlaces, train_transform, val_transform
     from impl.train import (
         CheckpointError,
+        ConfigError,
         RunFolderBusy,
         TrainingDiverged,
         WeightsMismatch,
@@ -553,7 +564,7 @@ def run_train(args: argparse.Namespace) -> int:
                 perturb=adversarial.perturb if adversarial is not None else None,
                 extra_evals=adversarial.extra_evals if adversarial is not None else (),
             )
-    except (DataError, CheckpointError, ValueError, KeyError, RunFolderBusy) as exc:
+    except (DataError, CheckpointError, ConfigError, RunFolderBusy) as exc:  # ours; anything else is a bug
         raise UsageError(name_flags(_one_line(exc))) from exc
     except OSError as exc:
         raise UsageError(os_error_line(exc)) from exc

@@ -69,10 +69,14 @@ def robustness_report(
             log.info("wrote Image/Org_Image and Image/Adv_Image to TensorBoard in %s", run_dir)
 
     log.info("Generating adversarial samples for the model ..")
-    with autocast(device, amp):
-        report = evaluate_robustness(
-            model, val_loader, specs, device, max_batches=max_batches, progress=progress, on_batch=on_batch
-        )
+    try:
+        with autocast(device, amp):
+            report = evaluate_robustness(
+                model, val_loader, specs, device, max_batches=max_batches, progress=progress, on_batch=on_batch
+            )
+    except BaseException:  # a failed or interrupted attack leaves no empty report claiming its name
+        markdown.unlink(missing_ok=True)
+        raise
     units = "normalized units" if mode == "course" else "pixel units"
     lines = [f"# Robustness ({mode} mode, {units}), {report.n} val images", "", report.to_markdown(), ""]
     lines += [f"![{p.stem}]({figure_dir.name}/{p.name})" for p in written]

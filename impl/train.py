@@ -297,7 +297,7 @@ def make_train_loader(
     (`SampleSeeded`), so the batches do not depend on `cfg.workers`."""
     info = info or dist_info()
     if cfg.batch_size % info.world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} does not split evenly over {info.world_size} ranks")
+        raise ConfigError("batch_size", f"divisible by the {info.world_size} ranks", cfg.batch_size)
     per_rank = cfg.batch_size // info.world_size
     # drop_last: no padding; the ranks' tails are dropped exactly where one process's incomplete last batch is
     sampler = DistributedSampler(
@@ -312,9 +312,11 @@ def make_train_loader(
         drop_last=True,
     )
     if len(loader) == 0:
-        raise ValueError(
-            f"the training split has {len(dataset)} images (per rank {len(sampler)}), fewer than one batch of "  # type: ignore[arg-type]
-            f"{per_rank}: lower --batch-size"
+        raise ConfigError(
+            "batch_size",
+            f"at most the training split's {len(dataset)} images (per rank {len(sampler)}): a batch of {per_rank} "  # type: ignore[arg-type]
+            "is more than it holds",
+            cfg.batch_size,
         )
     return loader
 
@@ -902,7 +904,7 @@ def _fit(
     iters = len(train_loader)
     scheduler = build_scheduler(optimizer, cfg, iters)
     if cfg.amp == "fp16" and device.type != "cuda":
-        raise ValueError(f"--amp fp16 needs a CUDA device, the device is {device}; use bf16 or no amp")
+        raise ConfigError("amp", f"'bf16' or 'off' on {device}: fp16 needs a CUDA device", cfg.amp)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
 
     if resume is not None:

@@ -330,3 +330,80 @@ def test_the_robustness_report_is_callable_and_never_overwrites_an_earlier_one(t
         assert report.n == 6 and main == "pgd-1 eps=0.1" and f"]({markdown.stem}/attack_0.png)" in markdown.read_text()
     assert [p.name for p in written] == ["attack.md", "attack-2.md"]
     assert (tmp_path / "attack" / "attack_0.png").is_file() and (tmp_path / "attack-2" / "attack_0.png").is_file()
+
+
+def test_a_failed_attack_leaves_no_empty_report_behind(tiny_data, tmp_path, monkeypatch):
+    """The report's name is claimed before the attack runs; an attack that fails gives the name back."""
+    from impl import attack
+    from impl.data import MiniPlaces, val_transform
+    from impl.robustness import robustness_report
+    from impl.train import make_eval_loader
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the attack failed")
+
+    monkeypatch.setattr(attack, "evaluate_robustness", broken)
+    loader = make_eval_loader(MiniPlaces(tiny_data, "val", transform=val_transform()), 6)
+    with pytest.raises(RuntimeError, match="the attack failed"):
+        robustness_report(SimpleNet(num_classes=3).eval(), loader, torch.device("cpu"), tmp_path, steps=1)
+    assert list(tmp_path.iterdir()) == [], f"left {list(tmp_path.iterdir())}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# review fixes: records never destroyed, only our own errors become one-liners, flags that would be ignored
+
+
+def test_resuming_an_older_snapshot_into_its_run_folder_is_refused_and_keeps_model_best(tiny_data, tmp_path, capsys):
+    """`--resume run/models/epoch1.pth.tar` continues in `run/`, whose checkpoint is at epoch 2: it would overwrite
+    that checkpoint and the better model_best with the snapshot's lower best score."""
+    models = tmp_path / "run" / "models"
+    later = _half_done(models, epochs=3, epoch=2, best_acc1=90.0)
+    (models / "model_best.pth.tar").write_bytes(later.read_bytes())
+    snapshot = models / "epoch1.pth.tar"
+    snapshot.write_bytes(_half_done(tmp_path / "snap", epochs=3).read_bytes())
+    before = {p: p.read_bytes() for p in models.iterdir()}
+    status, _, err = _run(capsys, "train", tiny_data, "--resume", snapshot, "--epochs", "3", "--lr", "0.01", *FAST)
+    _one_line(status, err, "epoch 2, past", "pass --out DIR to branch into a new folder")
+    assert {p: p.read_bytes() for p in models.iterdir()} == before, "the refused resume changed the run's models"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "models"], "it wrote into the run folder"
+
+
+def test_a_bug_inside_training_keeps_its_traceback(tiny_data, tmp_path, monkeypatch):
+    """Only our own error types become one-line usage errors: a ValueError from a bug is not dressed up as one."""
+    from impl import train
+
+    def buggy(*args, **kwargs):
+        raise ValueError("a bug in the loop")
+
+    monkeypatch.setattr(train, "fit", buggy)
+    with pytest.raises(ValueError, match="a bug in the loop"):
+        main(["train", str(tiny_data), "--epochs", "1", "--out", str(tmp_path), *FAST])
+
+
+def test_a_batch_larger_than_the_training_split_names_the_flag(tiny_data, tmp_path, capsys):
+    status, _, err = _run(capsys, "train", tiny_data, "--epochs", "1", "--out", tmp_path, *FAST, "-b", "64")
+    _one_line(status, err, "-b must be at most the training split's 24 images", "got 64")
+
+
+def test_attack_steps_zero_is_refused(tiny_data, finished, capsys):
+    status, _, err = _run(capsys, "train", tiny_data, "-a", "--resume", finished, "--attack-steps", "0", *FAST)
+    _one_line(status, err, "--attack-steps and --attack-batches must be >= 1, got 0")
+
+
+def test_more_workers_than_cpus_are_capped_with_one_log_line(tiny_data, monkeypatch, caplog):
+    from impl import cli
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    args = cli.build_parser().parse_args(["train", str(tiny_data), "-j", "8"])
+    with caplog.at_level("INFO", logger="impl.cli"):
+        cfg = cli._train_config(args, "simplenet")
+    assert cfg.workers == 2, cfg.workers
+    assert [r.getMessage() for r in caplog.records] == ["-j 8 capped at the 2 CPUs this process may use"]
+
+
+def test_resuming_a_complete_run_with_another_lr_says_the_flag_is_ignored(tiny_data, finished, capsys):
+    status, out, err = _run(capsys, "train", tiny_data, "--resume", finished, *FAST)  # default --lr 0.1; the run's 0.01
+    assert status == 0 and "is complete" in out and "Ignored, as nothing trains: --lr 0.1 (the run's: 0.01)" in out, (
+        out,
+        err,
+    )
