@@ -490,6 +490,13 @@ def _mismatch_line(exc: WeightsMismatch, args: argparse.Namespace, model_arch: s
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """`miniplaces train`: its exit status."""
+    return train_command(args)[0]
+
+
+def train_command(args: argparse.Namespace) -> tuple[int, Path | None]:
+    """Run `miniplaces train` as parsed into `args`; returns the exit status and the run folder (None when a
+    complete run was resumed: nothing written)."""
     from impl.adversarial import CatastrophicOverfitting
     from impl.data import DataError, MiniPlaces, train_transform, val_transform
     from impl.train import (
@@ -518,7 +525,7 @@ def run_train(args: argparse.Namespace) -> int:
         model_arch = _model_name(args, ckpt)
         cfg = _train_config(args, model_arch)
         if ckpt is not None and not (args.evaluate or args.attack) and _says_complete(args, ckpt, cfg):
-            return 0
+            return 0, None
         val_set = MiniPlaces(args.data_folder, "val", transform=val_transform())
         seed_everything(cfg.seed)
         model = _build_for(args, model_arch, val_set.num_classes, from_scratch=ckpt is None).to(device)
@@ -534,11 +541,8 @@ def run_train(args: argparse.Namespace) -> int:
         val_loader = make_eval_loader(val_set, cfg.val_batch_size, workers=cfg.workers, info=info, pin_memory=pin)
         if args.evaluate or args.attack:
             run_dir = _run_dir_for(args, model_arch)
-            return (
-                run_attack(args, model, val_loader, device, run_dir)
-                if args.attack
-                else run_evaluate(args, model, val_loader, device, run_dir)
-            )
+            run = run_attack if args.attack else run_evaluate
+            return run(args, model, val_loader, device, run_dir), run_dir
         train_set = MiniPlaces(args.data_folder, "train", transform=train_transform())
         if train_set.num_classes != val_set.num_classes:
             raise UsageError(f"train has {train_set.num_classes} classes but val has {val_set.num_classes}")
@@ -570,10 +574,10 @@ def run_train(args: argparse.Namespace) -> int:
         raise UsageError(os_error_line(exc)) from exc
     except TrainingDiverged as exc:
         print(f"miniplaces train: training diverged: {exc}", file=sys.stderr)
-        return 3
+        return 3, run_dir
     except CatastrophicOverfitting as exc:
         print(f"miniplaces train: {exc}", file=sys.stderr)
-        return 4
+        return 4, run_dir
     if info.is_main and result.history:
         last = result.history[-1]
         log.info(
@@ -584,7 +588,7 @@ def run_train(args: argparse.Namespace) -> int:
             result.best_score,
             run_dir / "models",
         )
-    return 0
+    return 0, run_dir
 
 
 def _add_attack(sub: argparse._SubParsersAction) -> None:

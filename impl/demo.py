@@ -4,8 +4,9 @@ flip averaging, and `report.md` with its curves and a course-mode PGD section. S
     from impl.demo import DemoConfig, run_demo
     report = run_demo(DemoConfig(epochs=2, workers=0))     # <out>/<run>/report.md
 
-The training is the `train` command itself (the same flags, checks, run folder and log), so the demo shows what a
-user's own run does. Like the command line it sits in the top room: it may import every other one.
+The training is the `train` command itself (`impl.cli.train_command`: the same flags, checks, run folder and log),
+so the demo shows what a user's own run does. Like the command line it sits in the top room: it may import every
+other one, the CLI included (which imports it only inside `run_demo`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class DemoConfig:
 
     data: Path | None = None  # a real MiniPlaces root; None: the synthetic set in synth_root
     synth_root: Path = Path("data/miniplaces-synthetic")  # where the synthetic set lives, or is made when absent
-    model: str = "simplenet"  # one of impl.cli.MODELS
+    model: str = "simplenet"  # one of impl.models.MODELS
     epochs: int = 6
     warmup: int = 1  # epochs
     batch_size: int = 32
@@ -69,26 +70,23 @@ def run_demo(cfg: DemoConfig) -> Path:
 
 def _train(cfg: DemoConfig, data: Path) -> Path:
     """The `train` command with the demo's settings; returns the run folder it made."""
-    from impl.cli import build_parser, run_train
+    from impl.cli import build_parser, train_command
 
     argv = ["train", str(data), "--model", cfg.model, "--epochs", str(cfg.epochs), "--warmup", str(cfg.warmup),
             "-b", str(cfg.batch_size), "--lr", str(cfg.lr), "-j", str(cfg.workers), "--seed", str(cfg.seed),
             "--out", str(cfg.out)]  # fmt: skip
     argv += ["--device", cfg.device] if cfg.device else []
     argv += [] if cfg.progress else ["--no-progress"]
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    before = set(cfg.out.iterdir())
-    status = run_train(build_parser().parse_args(argv))
-    if status:
+    status, run_dir = train_command(build_parser().parse_args(argv))
+    if status or run_dir is None:
         raise DemoTrainingFailed(status)
-    (run_dir,) = [p for p in cfg.out.iterdir() if p not in before]
     return run_dir
 
 
 def _report(cfg: DemoConfig, data: Path, synthetic: bool, run_dir: Path) -> Path:
-    from impl.cli import build_model
     from impl.data import MiniPlaces, val_transform
     from impl.demo_report import write_report
+    from impl.models import build_model
     from impl.train import evaluate, load_checkpoint, load_weights, make_eval_loader
 
     best = run_dir / "models" / "model_best.pth.tar"

@@ -195,3 +195,14 @@ def test_demo_data_and_output_errors_are_one_line_naming_the_folder(culprit, tin
     culprit_path = mine if culprit == "--synth-root" else out
     assert status == 2 and len(err.strip().splitlines()) == 1 and str(culprit_path) in err, err
     assert (mine / "thesis.tex").read_text() == "not a dataset", "the demo wrote over a folder it does not own"
+
+
+def test_train_command_returns_the_run_folder_it_wrote(tiny_data, tmp_path):
+    """What the demo (and a notebook) uses instead of guessing the new folder from a directory listing."""
+    from impl.cli import build_parser, train_command
+
+    (tmp_path / "earlier-run").mkdir()
+    args = build_parser().parse_args(["train", str(tiny_data), "--epochs", "1", "--out", str(tmp_path), *FAST])
+    status, run_dir = train_command(args)
+    assert status == 0 and run_dir is not None and run_dir.parent == tmp_path and run_dir.name != "earlier-run"
+    assert (run_dir / "models" / "checkpoint.pth.tar").is_file(), sorted(run_dir.rglob("*"))
