@@ -400,14 +400,21 @@ def _init_distributed(device_type: str) -> int | None:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def _cap_workers(workers: int) -> int:
+    """At most one loader process per CPU this process may use: above that torch prints a multi-line warning, and
+    the run is slower, not faster (results do not depend on -j)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers <= cpus:
+        return workers
+    log.info("-j %d capped at the %d CPUs this process may use", workers, cpus)
+    return cpus
+
+
 def _train_config(args: argparse.Namespace, model_arch: str) -> TrainConfig:
     from impl.train import ConfigError, TrainConfig
 
     vit = model_arch == "vit"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(args.workers, cpus)
-    if workers < args.workers:  # torch would print a multi-line warning and run slower, not faster
-        log.info("-j %d capped at the %d CPUs this process may use", args.workers, cpus)
+    workers = _cap_workers(args.workers)
     try:
         cfg = TrainConfig(
             model_arch=model_arch,
@@ -880,10 +887,11 @@ def run_reproduce(args: argparse.Namespace) -> int:
     names = [e.name for e in EXPERIMENTS] if args.name == "all" else [args.name]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     raw_dir = RAW_DIR if args.record else args.out / "raw"
+    workers = _cap_workers(args.workers)
     for name in names:
         try:
             result = run_experiment(
-                name, args.data, args.reduced, device, args.out, raw_dir=raw_dir, workers=args.workers,
+                name, args.data, args.reduced, device, args.out, raw_dir=raw_dir, workers=workers,
                 threads=args.threads, progress=args.progress,
             )  # fmt: skip
         except (ExperimentError, ConfigError, DataError, CheckpointError, RunFolderBusy, UnknownModel) as exc:
