@@ -28,8 +28,11 @@ Two exact algorithms, chosen by one switch, `algorithm`:
 
   Speed and memory against native are in reports/conv.md and reports/memory.md (``nox -s bench``). What limits
   speed on CPU is the GEMMs: ``torch.mm``/``bmm`` (MKL) run the thin K×K shapes slower than the oneDNN kernels
-  behind ``F.conv2d``, while 1×1 layers (one GEMM on views, no reorder) beat it. The saved state is native's
-  (input + weight); transients (padded copies, planes, chunks ≤ ``COLUMN_BUDGET_BYTES``) are freed in the call.
+  behind ``F.conv2d``, while 1×1 layers (one batched GEMM on views, no reorder) beat it. The saved state is
+  native's (input + weight). Memory: on the NCHW path (and the stem) a call allocates only its outputs; every
+  transient (padded chunk, im2col columns, widened planes, the output grid, per-sample weight-gradient products,
+  kernel-row copies) is a view of one per-thread workspace (``_scratch``, ≥ ``COLUMN_BUDGET_BYTES``) reused by
+  every call, so a training step makes no transient allocations for the C allocator to fragment.
 
 No convolution function is used inside: only unfold/fold, strided views, matmul and elementwise ops.
 """
@@ -37,6 +40,7 @@ No convolution function is used inside: only unfold/fold, strided views, matmul 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Literal
 
 import torch
@@ -48,9 +52,14 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 Algorithm = Literal["unfold", "fast"]
 ALGORITHMS: tuple[Algorithm, ...] = ("unfold", "fast")
 
-# Columns of one batch chunk in the fast path are kept under this size: large enough for an efficient GEMM,
-# small enough that the transient im2col buffer is a few percent of a training step's activations.
+# The transient buffers of one batch chunk in the fast path (padded input, columns or widened planes, the output
+# grid) are kept under this size together: large enough for efficient GEMMs, small next to a training step's
+# activations. They live in a per-thread workspace (`_scratch`) that is allocated once and reused by every call, so
+# a training step makes no large transient allocations for the C allocator to strand (glibc keeps freed heap chunks
+# mapped: with per-call buffers a SimpleNet step's process peak was 1.7x native's).
 COLUMN_BUDGET_BYTES = 32 * 2**20
+
+_WORKSPACES = threading.local()
 
 Pair = tuple[int, int]
 
@@ -143,14 +152,53 @@ def _nhwc_padded(x: Tensor, pad: Pair) -> Tensor:
     return x.contiguous()
 
 
-def _columns(xp: Tensor, kernel: Pair, stride: Pair, out_hw: Pair) -> Tensor:
-    """im2col of a padded NHWC chunk: (n, Hp, Wp, C) -> (n·L, Kh·Kw·C), a view when the kernel is 1×1/stride 1."""
-    n, _, _, c = xp.shape
+def _columns_view(xp: Tensor, kernel: Pair, stride: Pair, out_hw: Pair) -> Tensor:
+    """im2col of a padded NHWC chunk as a strided view: (n, Hp, Wp, C) -> (n, Ho, Wo, Kh, Kw, C)."""
     s_n, s_h, s_w, s_c = xp.stride()
-    view = xp.as_strided(
-        (n, *out_hw, *kernel, c), (s_n, s_h * stride[0], s_w * stride[1], s_h, s_w, s_c)
-    )  # (n, Ho, Wo, Kh, Kw, C)
-    return view.reshape(n * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * c)
+    size = (xp.shape[0], *out_hw, *kernel, xp.shape[3])
+    return xp.as_strided(size, (s_n, s_h * stride[0], s_w * stride[1], s_h, s_w, s_c))
+
+
+def _scratch(like: Tensor, *shapes: tuple[int, ...]) -> list[Tensor]:
+    """Disjoint, uninitialised views of this thread's workspace for like's (device, dtype), one per shape.
+
+    The workspace grows to the largest request (at least COLUMN_BUDGET_BYTES) and is reused by the next call: its
+    views are transient, valid until the next `_scratch` call on this thread, and never saved for backward nor
+    returned (outputs are fresh tensors the views are copied into). Per thread, so concurrent calls cannot share it.
+    """
+    align = max(1, 64 // like.element_size())
+    sizes = [math.prod(shape) for shape in shapes]
+    total = sum(-(-size // align) * align for size in sizes)
+    buffers = _WORKSPACES.__dict__.setdefault("buffers", {})
+    key = (like.device, like.dtype)
+    if key not in buffers or buffers[key].numel() < total:
+        buffers.pop(key, None)  # free the old buffer before the larger one is made
+        numel = max(total, COLUMN_BUDGET_BYTES // like.element_size())
+        buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    flat, views, start = buffers[key], [], 0
+    for shape, size in zip(shapes, sizes, strict=True):
+        views.append(flat[start : start + size].view(shape))
+        start += -(-size // align) * align
+    return views
+
+
+def _pad_into(dst: Tensor, src: Tensor, pad: Pair) -> Tensor:
+    """Write src (k, C, H, W) zero-padded into dst (k, C, H + 2Ph, W + 2Pw) (any strides) and return dst."""
+    (ph, pw), (h, w) = pad, src.shape[2:]
+    if ph:
+        dst[:, :, :ph].zero_()
+        dst[:, :, ph + h :].zero_()
+    if pw:
+        dst[:, :, ph : ph + h, :pw].zero_()
+        dst[:, :, ph : ph + h, pw + w :].zero_()
+    dst[:, :, ph : ph + h, pw : pw + w].copy_(src)
+    return dst
+
+
+def _add_batch_sum(acc: Tensor, batch: Tensor, total: Tensor) -> None:
+    """acc += Σ_n batch[n], the sum written into the workspace view `total` (acc's shape) instead of a new tensor."""
+    torch.sum(batch, 0, out=total)
+    acc += total
 
 
 def _chunk(n: int, row_bytes: int) -> int:
@@ -302,9 +350,20 @@ def _widened(rows: Tensor, kw: int) -> Tensor:
 # Stride > 1: channels-last im2col as a strided view, in batch chunks whose columns stay under COLUMN_BUDGET_BYTES.
 
 
+def _padded_chunk(x: Tensor, i: int, k: int, pad: Pair, dst: Tensor) -> Tensor:
+    """Samples i .. i+k of x, zero-padded channels-last into the workspace view dst (k, Hp, Wp, C)."""
+    return _pad_into(dst.permute(0, 3, 1, 2), x[i : i + k], pad).permute(0, 2, 3, 1)
+
+
+def _im2col_shapes(k: int, in_shape: tuple[int, ...], kernel: Pair, pad: Pair, out_hw: Pair) -> tuple[tuple, tuple]:
+    """Workspace shapes of a k-sample chunk: the padded channels-last input and its (k·L, Kh·Kw·C) columns."""
+    c, h, w = in_shape[1:]
+    return (k, h + 2 * pad[0], w + 2 * pad[1], c), (k * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * c)
+
+
 def _im2col_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair) -> Tensor:
-    n, c_out, kernel = x.shape[0], weight.shape[0], (weight.shape[2], weight.shape[3])
-    xp = _nhwc_padded(x, pad)
+    n, c, h, w = x.shape
+    c_out, kernel = weight.shape[0], (weight.shape[2], weight.shape[3])
     w_mat = _weight_matrix(weight)  # (C_out, Kh·Kw·C)
     rows = out_hw[0] * out_hw[1]
     if is_channels_last(x):
@@ -313,10 +372,13 @@ def _im2col_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair
     else:  # NCHW: sample n's output is W·colsᵀ, written in place through transposed views
         out = x.new_empty(n, c_out, *out_hw)
         out_planes = out.view(n, c_out, rows)
-    step = _chunk(n, rows * w_mat.shape[1] * x.element_size())
+    per_sample = (rows * w_mat.shape[1] + (h + 2 * pad[0]) * (w + 2 * pad[1]) * c) * x.element_size()
+    step = _chunk(n, per_sample)
+    xp_ws, cols_ws = _scratch(x, *_im2col_shapes(step, x.shape, kernel, pad, out_hw))
     for i in range(0, n, step):
-        cols = _columns(xp[i : i + step], kernel, stride, out_hw)  # (k·L, Kh·Kw·C)
-        k = cols.shape[0] // rows
+        k = min(step, n - i)
+        xp, cols = xp_ws[:k], cols_ws[: k * rows]
+        cols.view(k, *out_hw, *kernel, c).copy_(_columns_view(_padded_chunk(x, i, k, pad, xp), kernel, stride, out_hw))
         if is_channels_last(x):
             torch.mm(cols, w_mat.t(), out=out_rows[i * rows : (i + k) * rows])
         else:
@@ -331,7 +393,7 @@ def _im2col_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor 
     n, c, h, w = ctx.input_shape
     c_out, _, kh, kw = ctx.weight_shape
     (sh, sw), (ph, pw), (ho, wo) = ctx.stride, ctx.pad, ctx.out_hw
-    rows = ho * wo
+    rows, taps_c = ho * wo, kh * kw * c
     if ctx.channels_last:
         dy = grad_out.permute(0, 2, 3, 1).reshape(n * rows, c_out)  # (N·L, C_out); no copy if grad is channels_last
     else:
@@ -342,20 +404,28 @@ def _im2col_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor 
         w_mat = _weight_matrix(weight)
         grad_xp = grad_out.new_zeros(n, h + 2 * ph, w + 2 * pw, c)  # padded, channels last
     if need_w:
-        xp = _nhwc_padded(x, ctx.pad)
-        grad_w_mat = grad_out.new_zeros(c_out, kh * kw * c)
-    step = _chunk(n, rows * kh * kw * c * grad_out.element_size())
+        grad_w_mat = grad_out.new_zeros(c_out, taps_c)
+    per_sample = (rows * taps_c + (h + 2 * ph) * (w + 2 * pw) * c + c_out * taps_c) * grad_out.element_size()
+    step = _chunk(n, per_sample)
+    xp_shape, cols_shape = _im2col_shapes(step, ctx.input_shape, (kh, kw), ctx.pad, ctx.out_hw)
+    xp_ws, cols_ws, prod_ws, total = _scratch(grad_out, xp_shape, cols_shape, (step, c_out, taps_c), (c_out, taps_c))
     for i in range(0, n, step):
-        j = min(n, i + step)
+        k = min(step, n - i)
+        j = i + k
+        xp, cols, prod = xp_ws[:k], cols_ws[: k * rows], prod_ws[:k]
         if need_w:
-            cols = _columns(xp[i:j], (kh, kw), ctx.stride, ctx.out_hw)  # (k·L, Kh·Kw·C)
+            window = _columns_view(_padded_chunk(x, i, k, ctx.pad, xp), (kh, kw), ctx.stride, ctx.out_hw)
+            cols.view(k, ho, wo, kh, kw, c).copy_(window)
             if ctx.channels_last:
                 grad_w_mat.addmm_(dy[i * rows : j * rows].t(), cols)  # Σ dYᵀ·cols
             else:
-                grad_w_mat += torch.bmm(dy[i:j], cols.view(j - i, rows, -1)).sum(0)
+                _add_batch_sum(grad_w_mat, torch.bmm(dy[i:j], cols.view(k, rows, -1), out=prod), total)
         if need_x:
-            dy_i = dy[i * rows : j * rows] if ctx.channels_last else dy[i:j].transpose(1, 2)  # (k·L | k, L, C_out)
-            grad_cols = (dy_i @ w_mat).view(j - i, ho, wo, kh, kw, c)
+            if ctx.channels_last:
+                torch.mm(dy[i * rows : j * rows], w_mat, out=cols)
+            else:
+                torch.bmm(dy[i:j].transpose(1, 2), w_mat.expand(k, c_out, taps_c), out=cols.view(k, rows, taps_c))
+            grad_cols = cols.view(k, ho, wo, kh, kw, c)
             for a in range(kh):  # col2im: each kernel tap adds its columns back at its strided offsets
                 for b in range(kw):
                     grad_xp[i:j, a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw] += grad_cols[
@@ -379,7 +449,8 @@ def _nchw_forward(x: Tensor, weight: Tensor, bias: Tensor | None, pad: Pair, out
     if weight.shape[2:] == (1, 1) and pad == (0, 0):
         n, c, h, w = x.shape
         out = x.new_empty(n, weight.shape[0], h, w)
-        torch.matmul(weight.view(weight.shape[0], c), x.view(n, c, h * w), out=out.view(n, -1, h * w))  # W·X[n]
+        w_mat = weight.view(weight.shape[0], c).expand(n, -1, c)
+        torch.bmm(w_mat, x.view(n, c, h * w), out=out.view(n, -1, h * w))  # W·X[n]
     else:
         out = _plane_shift_forward(x, weight, pad, out_hw)
     if bias is not None:
@@ -395,10 +466,20 @@ def _nchw_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | 
     n, c_out, ho, wo = grad_out.shape
     if ctx.weight_shape[2:] == (1, 1) and ctx.pad == (0, 0):
         c, dy = ctx.input_shape[1], grad_out.view(n, c_out, ho * wo)  # (N, C_out, L)
-        grad_input = torch.matmul(weight.view(c_out, c).t(), dy).view(ctx.input_shape) if need_x else None
+        grad_input = None
+        if need_x:  # Wᵀ·dY[n] per sample (a batched GEMM: matmul would fold the batch through two full copies)
+            grad_input = grad_out.new_empty(ctx.input_shape)
+            torch.bmm(weight.view(c_out, c).t().expand(n, c, c_out), dy, out=grad_input.view(n, c, ho * wo))
         grad_weight = None
-        if need_w:  # Σ_n dY[n]·X[n]ᵀ; the (N, C_out, C) batch is small next to the activations
-            grad_weight = torch.bmm(dy, x.view(n, c, ho * wo).transpose(1, 2)).sum(0).view(ctx.weight_shape)
+        if need_w:  # Σ_n dY[n]·X[n]ᵀ, the per-sample products in batch chunks of the workspace
+            grad_weight = grad_out.new_zeros(c_out, c)
+            x_t = x.view(n, c, ho * wo).transpose(1, 2)
+            step = _chunk(n, c_out * c * grad_out.element_size())
+            prod, total = _scratch(grad_out, (step, c_out, c), (c_out, c))
+            for i in range(0, n, step):
+                k = min(step, n - i)
+                _add_batch_sum(grad_weight, torch.bmm(dy[i : i + k], x_t[i : i + k], out=prod[:k]), total)
+            grad_weight = grad_weight.view(ctx.weight_shape)
         return grad_input, grad_weight
     return _plane_shift_backward(ctx, x, weight, grad_out)
 
@@ -410,34 +491,36 @@ def _nchw_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | 
 # COLUMN_BUDGET_BYTES. The grid's junk columns (w >= Wo) are dropped by one copy into the output.
 
 
-def _widened_planes(planes: Tensor, kw: int) -> Tensor:
-    """(n, C, L) -> (n, Kw·C, L - Kw + 1), row b·C + c holding planes[:, c, b:]; a copy unless Kw = 1."""
-    n, c, length = planes.shape
-    view = planes.as_strided((n, kw, c, length - kw + 1), (planes.stride(0), 1, planes.stride(1), 1))
-    return view.reshape(n, kw * c, length - kw + 1)
+def _widen_into(wide: Tensor, planes: Tensor, kw: int) -> Tensor:
+    """(k, C, L) -> wide (k, Kw·C, L - Kw + 1) in the workspace, row b·C + c holding planes[:, c, b:]."""
+    k, c, length = planes.shape
+    view = planes.as_strided((k, kw, c, length - kw + 1), (planes.stride(0), 1, planes.stride(1), 1))
+    wide.view(k, kw, c, length - kw + 1).copy_(view)
+    return wide
 
 
-def _kernel_rows(weight: Tensor) -> Tensor:
-    """(C_out, C, Kh, Kw) -> (Kh, C_out, Kw·C): kernel row a as the matrix the widened rows multiply."""
+def _kernel_rows(weight: Tensor, dst: Tensor, flipped: bool = False) -> Tensor:
+    """(C_out, C, Kh, Kw) -> dst (Kh, C_out, Kw·C): kernel row a as the matrix the widened rows multiply. With
+    `flipped`, the rows of the flipped, transposed kernel (Kh, C, Kw·C_out) that the grad_input correlation uses."""
     c_out, c, kh, kw = weight.shape
-    return weight.permute(2, 0, 3, 1).reshape(kh, c_out, kw * c)
+    if not flipped:
+        dst.view(kh, c_out, kw, c).copy_(weight.permute(2, 0, 3, 1))
+        return dst
+    tiles = dst.view(kh, c, kw, c_out)
+    for a in range(kh):
+        for b in range(kw):
+            tiles[a, :, b].copy_(weight[:, :, kh - 1 - a, kw - 1 - b].t())
+    return dst
 
 
-def _plane_correlate(planes: Tensor, rows: Tensor, wp: int, m: int) -> Tensor:
-    """out[n, :, p] = Σ_a rows[a] · widened(planes)[n, :, p + a·Wp] for p < m: (n, C, L) -> (n, C_out, m)."""
-    n, c = planes.shape[:2]
-    kh, c_out, kwc = rows.shape
-    kw = kwc // c
-    out = planes.new_empty(n, c_out, m)
-    step = _chunk(n, kwc * planes.shape[2] * planes.element_size())
-    for i in range(0, n, step):
-        wide = _widened_planes(planes[i : i + step], kw)  # (k, Kw·C, L - Kw + 1)
-        dst = out[i : i + step]
-        k = dst.shape[0]
-        torch.bmm(rows[0].expand(k, c_out, kwc), wide[:, :, :m], out=dst)
-        for a in range(1, kh):
-            dst.baddbmm_(rows[a].expand(k, c_out, kwc), wide[:, :, a * wp : a * wp + m])
-    return out
+def _plane_correlate(dst: Tensor, wide: Tensor, rows: Tensor, wp: int) -> Tensor:
+    """dst[n, :, p] = Σ_a rows[a] · wide[n, :, p + a·Wp] for p < m: wide (k, Kw·C, ·) -> dst (k, C_out, m)."""
+    k, c_out, m = dst.shape
+    kh, _, kwc = rows.shape
+    torch.bmm(rows[0].expand(k, c_out, kwc), wide[:, :, :m], out=dst)
+    for a in range(1, kh):
+        dst.baddbmm_(rows[a].expand(k, c_out, kwc), wide[:, :, a * wp : a * wp + m])
+    return dst
 
 
 def _grid_window(grid: Tensor, hw: Pair, wp: int) -> Tensor:
@@ -447,56 +530,77 @@ def _grid_window(grid: Tensor, hw: Pair, wp: int) -> Tensor:
 
 
 def _plane_shift_forward(x: Tensor, weight: Tensor, pad: Pair, out_hw: Pair) -> Tensor:
-    kh, kw = weight.shape[2:]
-    xp = F.pad(x, (pad[1], pad[1], pad[0], pad[0])) if pad != (0, 0) else x
-    n, c, hp, wp = xp.shape
-    m = hp * wp - (kh - 1) * wp - (kw - 1)
-    grid = _plane_correlate(xp.view(n, c, hp * wp), _kernel_rows(weight), wp, m)  # (N, C_out, m)
-    return _grid_window(grid, out_hw, wp).contiguous()
+    """Per batch chunk, in the workspace: pad, widen, Kh GEMMs onto the grid, then copy its window into the output."""
+    n, c, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    hp, wp = h + 2 * pad[0], w + 2 * pad[1]
+    length = hp * wp
+    m = length - (kh - 1) * wp - (kw - 1)
+    out = x.new_empty(n, c_out, *out_hw)
+    step = _chunk(n, (c * length + kw * c * (length - kw + 1) + c_out * m) * x.element_size())
+    shapes = (kh, c_out, kw * c), (step, c, hp, wp), (step, kw * c, length - kw + 1), (step, c_out, m)
+    rows, xp_ws, wide_ws, grid_ws = _scratch(x, *shapes)
+    rows = _kernel_rows(weight, rows)
+    for i in range(0, n, step):
+        k = min(step, n - i)
+        xp, wide, grid = xp_ws[:k], wide_ws[:k], grid_ws[:k]
+        planes = _pad_into(xp, x[i : i + k], pad).view(k, c, length)
+        _plane_correlate(grid, _widen_into(wide, planes, kw), rows, wp)
+        out[i : i + k].copy_(_grid_window(grid, out_hw, wp))
+    return out
 
 
 def _plane_shift_backward(ctx: Any, x: Tensor, weight: Tensor, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """grad_input is the forward's correlation run on dY with the flipped, transposed kernel: dY is placed on a
     zero plane of row width Wp, shifted by the last tap's offset, so that input position q reads dY at
-    q + offset(flipped tap). The same plane, read at the forward's alignment, gives grad_weight."""
+    q + offset(flipped tap). The same plane, read at the forward's alignment, gives grad_weight. Both per batch
+    chunk in the workspace; the widened copy of dY (for grad_input) and of X (for grad_weight) share its space."""
     n, c, h, w = ctx.input_shape
     c_out, _, kh, kw = ctx.weight_shape
     (ph, pw), (ho, wo) = ctx.pad, ctx.out_hw
-    wp = w + 2 * pw
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    hp, wp = h + 2 * ph, w + 2 * pw
     last = (kh - 1) * wp + kw - 1  # offset of the last tap
-    m = (h + 2 * ph) * wp - last  # the forward's plane length
+    m = hp * wp - last  # the forward's plane length
     m_in = (h - 1) * wp + w  # positions from input pixel (0, 0) to (H-1, W-1)
     shift = last - (ph * wp + pw)  # where dY's (0, 0) sits relative to input pixel (0, 0)
     front = max(0, -shift)  # padding wider than the kernel puts dY's first rows before input (0, 0)
     length = front + max(m_in + last, shift + m)
-    plane = grad_out.new_zeros(n, c_out, length)
-    plane.as_strided((n, c_out, ho, wo), (c_out * length, length, wp, 1), front + shift).copy_(grad_out)
-    grad_input = grad_weight = None
-    if ctx.needs_input_grad[0]:
-        rows = _kernel_rows(weight.flip(2, 3).transpose(0, 1))  # (Kh, C, Kw·C_out)
-        planes = plane[:, :, front : front + m_in + last]
-        grad_input = _grid_window(_plane_correlate(planes, rows, wp, m_in), (h, w), wp).contiguous()
-    if ctx.needs_input_grad[1]:
-        xp = F.pad(x, (pw, pw, ph, ph)) if ctx.pad != (0, 0) else x
-        dy_plane = plane[:, :, front + shift : front + shift + m]
-        grad_weight = _plane_grad_weight(xp.view(n, c, -1), dy_plane, (kh, kw), wp)
-    return grad_input, grad_weight
-
-
-def _plane_grad_weight(planes: Tensor, dy_plane: Tensor, kernel: Pair, wp: int) -> Tensor:
-    """dW for kernel row a = Σ_n dY[n]·widened(X)[n, :, a·Wp:]ᵀ over the m valid-aligned positions (dY is zero on
-    the junk ones), in batch chunks of the widened copy."""
-    n, c, length = planes.shape
-    c_out, (kh, kw) = dy_plane.shape[1], kernel
-    m = length - (kh - 1) * wp - (kw - 1)
-    grad_rows = planes.new_zeros(kh, c_out, kw * c)  # (Kh, C_out, Kw·C)
-    step = _chunk(n, kw * c * length * planes.element_size())
+    wide_x = (kw * c_out, m_in + last - kw + 1) if need_x else (0, 0)
+    wide_w = (kw * c, hp * wp - kw + 1) if need_w else (0, 0)
+    wide_numel = max(math.prod(wide_x), math.prod(wide_w))
+    grad_input = grad_out.new_empty(n, c, h, w) if need_x else None
+    grad_weight = grad_out.new_empty(ctx.weight_shape) if need_w else None  # both outputs first, as native does
+    per_sample = c_out * length + wide_numel
+    per_sample += (c * m_in if need_x else 0) + (c * hp * wp + c_out * kw * c if need_w else 0)
+    step = _chunk(n, per_sample * grad_out.element_size())
+    grid_x, rows_x = ((step, c, m_in), (kh, c, kw * c_out)) if need_x else ((0,), (0,))
+    xp_w, prod_w = ((step, c, hp, wp), (step, c_out, kw * c)) if need_w else ((0,), (0,))
+    rows_w = (kh, c_out, kw * c) if need_w else (0,)
+    shapes = (step, c_out, length), (step * wide_numel,), grid_x, xp_w, prod_w, rows_x, (c_out, kw * c), rows_w
+    plane_ws, wide, grid_ws, xp_ws, prod_ws, rows_t, total, grad_rows = _scratch(grad_out, *shapes)
+    grad_rows.zero_()  # (Kh, C_out, Kw·C)
+    if need_x:
+        rows_t = _kernel_rows(weight, rows_t, flipped=True)  # (Kh, C, Kw·C_out)
     for i in range(0, n, step):
-        wide = _widened_planes(planes[i : i + step], kw)
-        dy = dy_plane[i : i + step, :, :m]
-        for a in range(kh):
-            grad_rows[a] += torch.bmm(dy, wide[:, :, a * wp : a * wp + m].transpose(1, 2)).sum(0)
-    return grad_rows.view(kh, c_out, kw, c).permute(1, 3, 0, 2).contiguous()  # (C_out, C, Kh, Kw)
+        k = min(step, n - i)
+        plane, grid, xp, prod = plane_ws[:k], grid_ws[:k], xp_ws[:k], prod_ws[:k]
+        plane.zero_()
+        dy_view = (k, c_out, ho, wo), (c_out * length, length, wp, 1), plane.storage_offset() + front + shift
+        plane.as_strided(*dy_view).copy_(grad_out[i : i + k])
+        if need_x:
+            planes = plane[:, :, front : front + m_in + last]
+            wide_dy = _widen_into(wide[: k * math.prod(wide_x)].view(k, *wide_x), planes, kw)
+            grad_input[i : i + k].copy_(_grid_window(_plane_correlate(grid, wide_dy, rows_t, wp), (h, w), wp))
+        if need_w:
+            planes = _pad_into(xp, x[i : i + k], ctx.pad).view(k, c, hp * wp)
+            wide_x_ = _widen_into(wide[: k * math.prod(wide_w)].view(k, *wide_w), planes, kw)
+            dy = plane[:, :, front + shift : front + shift + m]  # dY at the forward's alignment, zero on junk
+            for a in range(kh):
+                _add_batch_sum(grad_rows[a], torch.bmm(dy, wide_x_[:, :, a * wp : a * wp + m].mT, out=prod), total)
+    if need_w:
+        grad_weight.copy_(grad_rows.view(kh, c_out, kw, c).permute(1, 3, 0, 2))  # (C_out, C, Kh, Kw)
+    return grad_input, grad_weight
 
 
 # ---------------------------------------------------------------------------------------------------------------
