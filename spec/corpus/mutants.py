@@ -250,7 +250,8 @@ MUTANTS: tuple[Mutant, ...] = (
         diagnosis="argmax",
     ),
     Mutant("pgd_leaves_model_in_train_mode", "pgd", A, SC, "m.training = training", "m.training = True"),
-    Mutant("pgd_leaves_parameters_frozen", "pgd", A, SC, "p.requires_grad_(True)", "p.requires_grad_(False)"),
+    # main.py's -a path only evaluates after perturb; the bonus trains the same model, so that row catches it.
+    Mutant("pgd_leaves_parameters_frozen", "bonus", A, SC, "p.requires_grad_(True)", "p.requires_grad_(False)"),
     Mutant(
         "pgd_leaves_parameter_grads",
         "pgd",
