@@ -45,11 +45,6 @@ def synchronized(fn: Callable[[], object], device: torch.device) -> Callable[[],
     return run
 
 
-def cuda_peak_mib(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak memory allocated by torch on `device` while running `fn` once, above what was allocated before."""
-    return cuda_memory_mib(fn, device)["cuda_max_allocated_mib"]
-
-
 def cuda_memory_mib(fn: Callable[[], object], device: torch.device) -> dict[str, float | None]:
     """Three views of GPU memory while `fn` runs once, each its own column: torch's peak allocated and peak reserved
     (its caching allocator's hold) above what was allocated before, and the whole device's usage read through NVML
@@ -124,9 +119,3 @@ def process_memory_mib(setup: str, step: str, steps: int = 5, threads: int | Non
         "rss_after_mib": after_mib,
         "step_peak_mib": peak_mib - setup_mib,
     }
-
-
-def subprocess_peak_rss_mib(setup: str, step: str, threads: int | None = None, steps: int = 1) -> float:
-    """Peak resident memory (MiB) that `steps` runs of `step` add to a fresh process after `setup`
-    (`process_memory_mib`'s step_peak_mib)."""
-    return process_memory_mib(setup, step, steps=steps, threads=threads)["step_peak_mib"]

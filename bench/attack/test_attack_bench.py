@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.attack.cases import BATCH, SIZE, eval_step, train_step
-from bench.device import cuda_peak_mib, subprocess_peak_rss_mib, synchronized
+from bench.device import cuda_memory_mib, process_memory_mib, synchronized
 
 CASE = f"simplenet b{BATCH} {SIZE}px"
 
@@ -34,10 +34,11 @@ def test_attack_memory_is_flat_in_steps(benchmark, device: torch.device, steps: 
     if device.type == "cuda":
         step = eval_step("pgd", device, steps=steps)
         step()
-        extra = {"cuda_peak_mib": cuda_peak_mib(step, device)}
+        extra = {"cuda_peak_mib": cuda_memory_mib(step, device)["cuda_max_allocated_mib"]}
     else:
         setup = f"from bench.attack.cases import eval_step\nstep = eval_step('pgd', 'cpu', steps={steps})"
-        extra = {"cpu_peak_rss_mib": subprocess_peak_rss_mib(setup, "step()", threads=torch.get_num_threads())}
+        memory = process_memory_mib(setup, "step()", threads=torch.get_num_threads())
+        extra = {"cpu_peak_rss_mib": memory["step_peak_mib"]}
     step = eval_step("pgd", device, steps=steps)
     _tag(benchmark, "attack-mem", CASE, f"pgd-{steps}", steps == 1, **extra)
     benchmark.pedantic(synchronized(step, device), rounds=1, iterations=1, warmup_rounds=0)

@@ -1,5 +1,5 @@
 """The timed steps of the attention benchmark, importable on their own so a memory probe can rebuild them in a fresh
-process (`bench.device.subprocess_peak_rss_mib`).
+process (`bench.device.process_memory_mib`).
 
 Candidates, all forward+backward on the same weights and input:
 - `manual`: `Attention(fused_attn=False)`, the explicit softmax(Q·Kᵀ·scale)·V;

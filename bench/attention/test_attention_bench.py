@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from bench.attention.cases import CANDIDATES, batch_for, make_attention_step, make_vit_train_step
-from bench.device import cuda_peak_mib, subprocess_peak_rss_mib, synchronized
+from bench.device import cuda_memory_mib, process_memory_mib, synchronized
 
 
 def _memory_mib(device: torch.device, setup: str, step_fn) -> dict[str, float]:
     if device.type == "cuda":
-        return {"cuda_peak_mib": cuda_peak_mib(step_fn, device)}
-    return {"rss_peak_mib": subprocess_peak_rss_mib(setup, "step()", threads=torch.get_num_threads())}
+        return {"cuda_peak_mib": cuda_memory_mib(step_fn, device)["cuda_max_allocated_mib"]}
+    return {"rss_peak_mib": process_memory_mib(setup, "step()", threads=torch.get_num_threads())["step_peak_mib"]}
 
 
 @pytest.mark.parametrize("side", [8, 32], ids=["8x8", "32x32"])
