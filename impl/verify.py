@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from impl.errors import UsageError
+
 REPO = Path(__file__).resolve().parent.parent
 
 PARTS: tuple[str, ...] = (
@@ -251,8 +253,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from impl.cli import UsageError  # the top room; imported late so `impl.verify` stays importable on its own
-
     extra = [f"--junit-xml={args.junit_xml.resolve()}"] if args.junit_xml else []
     try:
         card = verify(args.path, parts=args.parts, pytest_args=extra)
