@@ -93,3 +93,13 @@ def test_attention_has_the_starters_defaults_and_keeps_its_fused_flag() -> None:
     attn = Attention(16)
     assert attn.num_heads == 8 and attn.qkv.bias is not None, f"Attention(16): {attn.num_heads} heads, qkv bias"
     assert attn.fused_attn is True and Attention(16, fused_attn=False).fused_attn is False, "fused_attn not kept"
+
+
+def test_drop_path_at_probability_one_drops_every_sample_without_nan() -> None:
+    # The course's given drop_path divides by keep_prob = 0 here (NaN); ours promises p in [0, 1] and drops all.
+    layer = DropPath(1.0).train()
+    x = torch.randn(6, 3, 2, 4, requires_grad=True)
+    out = layer(x)
+    assert torch.equal(out, torch.zeros_like(x)), f"DropPath(1.0) in training: {out.abs().max().item()} max abs, not 0"
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(grad, torch.zeros_like(x)), f"DropPath(1.0) passes gradient {grad.abs().max().item()} through"

@@ -44,3 +44,17 @@ def test_vit_passes_every_option_to_its_parts() -> None:
 def test_default_vit_windows_blocks_0_and_2_with_window_4() -> None:
     sizes = [block.window_size for block in SimpleViT().blocks]
     assert sizes == [4, 0, 4, 0], f"default block window sizes {sizes}, the starter's are [4, 0, 4, 0]"
+
+
+def test_vit_accepts_patch_size_one_and_names_a_patch_size_below_it() -> None:
+    model = SimpleViT(**{**SMALL, "img_size": 4, "patch_size": 1}, window_block_indexes=(0,)).eval()
+    assert model.patch_embed(torch.zeros(1, 3, 4, 4)).shape == (1, 4, 4, 16), "patch_size 1 is not one token a pixel"
+    assert model(torch.randn(2, 3, 4, 4)).shape == (2, 100)
+    with pytest.raises(ValueError, match=r"^patch_size must be >= 1, got 0$"):
+        SimpleViT(**{**SMALL, "patch_size": 0}, window_block_indexes=(0,))
+
+
+def test_vit_position_embedding_has_the_starters_layout() -> None:
+    # The starter's given __init__ declares pos_embed as (1, H', W', C): our checkpoints load into the course's model.
+    shape = tuple(SimpleViT(**SMALL, window_block_indexes=(0,)).pos_embed.shape)
+    assert shape == (1, 4, 4, 16), f"pos_embed shape {shape}, the starter's is (1, H', W', embed_dim) = (1, 4, 4, 16)"
