@@ -7,8 +7,12 @@ Promises:
   scheduler`), written atomically, loaded with `torch.load(weights_only=True)`; a checkpoint of the course loads too.
 - Resume is exact: each epoch reseeds every random stream from (seed, epoch, rank), so on CPU two epochs straight and
   one + resume + one give bit-identical weights.
-- A non-finite loss stops training with `TrainingDiverged` naming the epoch and iteration; the checkpoint of the last
-  complete epoch stays on disk.
+- The step loop never waits for the device: loss and accuracy sums stay on it and are read to the host in one transfer
+  at the course's print points (every `print_freq` iterations) and at the end of the epoch, nowhere else.
+- A non-finite loss stops training with `TrainingDiverged` naming the epoch and the first bad iteration, at the first
+  of those reads after it; the checkpoint of the last complete epoch stays on disk.
+- The loaders may be torch DataLoaders (the course path) or anything that yields (images, labels) batches, has a length
+  and a `set_epoch(epoch)`, e.g. `impl.data.gpu.DeviceLoader` (the dataset resident on the device).
 - Under `torch.distributed` (torchrun) the model is wrapped in DistributedDataParallel, every rank sees its shard of the
   same permutation, metrics are summed across ranks and only rank 0 writes files. BatchNorm uses the global batch's
   statistics (`sync_bn`), no sample is padded in, and each val image is evaluated once, so N ranks equal one process
@@ -36,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
@@ -131,6 +135,7 @@ class TrainConfig:
     seed: int = 2022  # the course's fixed seed
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype; fp16 needs CUDA (it uses a GradScaler)
     compile: bool = False  # torch.compile the model
+    channels_last: bool = False  # model weights and input batches in channels_last (NHWC) memory order
     sync_bn: bool = True  # under DDP, BatchNorm normalizes with the global batch's statistics (impl/sync_bn.py)
     val_flip: bool = False  # average logits with the horizontally flipped image during per-epoch validation
     best_metric: str = "val_top1"  # the epoch-row key (higher is better) that selects model_best.pth.tar
@@ -163,15 +168,17 @@ class TrainConfig:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> Optimizer:
-    """SGD with momentum (CNNs, ResNet) or AdamW (ViT), as the course sets them up; Adam for the seed's CustomNet."""
+    """SGD with momentum (CNNs, ResNet) or AdamW (ViT), as the course sets them up; Adam for the seed's CustomNet.
+    With every parameter on CUDA the optimizer is the fused one: one kernel per step, its step counts on the device."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    fused = {"fused": True} if all(p.is_cuda and p.is_floating_point() for p in params) else {}
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
 
 
 def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, eta_min: float) -> float:
@@ -242,12 +249,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _seed_epoch(cfg: TrainConfig, epoch: int, info: DistInfo, loader: DataLoader) -> None:
+class EpochBatches(Protocol):
+    """A loader that is not a DataLoader (`impl.data.gpu.DeviceLoader`): batches of (images, labels), a length, and
+    the epoch whose order and augmentation the next pass replays."""
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+Batches = DataLoader | EpochBatches
+
+
+def _seed_epoch(cfg: TrainConfig, epoch: int, info: DistInfo, loader: Batches) -> None:
     """Make epoch `epoch` depend on (seed, epoch, rank) only, so a resumed run replays it exactly."""
-    if isinstance(loader.sampler, DistributedSampler):
+    if not isinstance(loader, DataLoader):
+        loader.set_epoch(epoch)
+    elif isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
-    if isinstance(loader.dataset, SampleSeeded):  # workers are forked when the epoch's iterator starts: they see it
-        loader.dataset.epoch = epoch
+    if isinstance(loader, DataLoader) and isinstance(loader.dataset, SampleSeeded):  # workers are forked when the
+        loader.dataset.epoch = epoch  # epoch's iterator starts: they see it
     # workers draw their base seed from the global generator when the iterator starts, so this fixes them too
     seed_everything(cfg.seed + 1009 * (epoch + 1) + info.rank)
 
@@ -334,36 +357,80 @@ def make_eval_loader(
 # one epoch, one evaluation
 
 
-def topk_correct(logits: Tensor, target: Tensor, topk: Sequence[int] = (1, 5)) -> list[int]:
-    """How many rows have their target among the k highest logits, for each k (k is capped at the class count)."""
+def topk_hits(logits: Tensor, target: Tensor, topk: Sequence[int] = (1, 5)) -> Tensor:
+    """How many rows have their target among the k highest logits, for each k (capped at the class count): an int64
+    tensor (len(topk),) on the logits' device, so counting reads nothing back to the host."""
     if logits.ndim != 2 or target.shape != logits.shape[:1]:
         raise ValueError(f"logits must be (N, C) and target (N,); got {tuple(logits.shape)} and {tuple(target.shape)}")
+    if min(topk) < 1:
+        raise ValueError(f"each k of topk must be >= 1, got {tuple(topk)}")
     maxk = min(max(topk), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices  # (N, maxk)
-    hits = pred.eq(target[:, None])  # (N, maxk)
-    return [int(hits[:, : min(k, maxk)].any(dim=1).sum()) for k in topk]
+    pred = logits.topk(maxk, dim=1).indices  # (N, maxk), distinct classes: a row's target is in it at most once
+    within = pred.eq(target[:, None]).sum(dim=0).cumsum(dim=0)  # (maxk,): rows whose target is among the first j+1
+    return torch.stack([within[min(k, maxk) - 1] for k in topk])
+
+
+def topk_correct(logits: Tensor, target: Tensor, topk: Sequence[int] = (1, 5)) -> list[int]:
+    """`topk_hits` read back to the host as ints."""
+    return [int(c) for c in topk_hits(logits, target, topk).tolist()]
+
+
+def _host(values: Tensor) -> list[float]:
+    """The step loop's only read of the device: one small vector copied to the host (a sync on CUDA)."""
+    return values.tolist()
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """A `_Meter` read back to the host."""
+
+    loss: float  # the last batch's mean loss
+    top1: float  # the last batch's accuracies (%)
+    top5: float
+    avg_loss: float  # since the epoch began, weighted by batch size
+    avg_top1: float
+    avg_top5: float
+    first_bad: int  # the first iteration whose loss was not finite, -1 if none
+    bad_loss: float  # that loss (nan or ±inf)
 
 
 class _Meter:
-    """Sums that are reduced across ranks once per epoch: loss·n, top-1 hits, top-5 hits, n."""
+    """An epoch's sums kept on the device: loss·n, top-1 hits, top-5 hits (n itself is counted on the host), and the
+    first iteration whose loss was not finite. `update` only queues device work; `read` copies what a log line and
+    the divergence check need to the host in one transfer; `reduced` sums across ranks once, at the end."""
 
-    def __init__(self) -> None:
-        self.loss_sum = self.correct1 = self.correct5 = 0.0
-        self.count = 0
+    def __init__(self, device: torch.device) -> None:
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.sums = torch.zeros(3, dtype=self.dtype, device=device)
+        self.last = torch.zeros(3, dtype=self.dtype, device=device)  # the latest batch: loss, top-1 hits, top-5 hits
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.bad_loss = torch.zeros((), dtype=self.dtype, device=device)
+        self.count = self.last_n = self.iterations = 0
 
-    def update(self, loss: float, correct1: int, correct5: int, n: int) -> None:
-        self.loss_sum += loss * n
-        self.correct1 += correct1
-        self.correct5 += correct5
-        self.count += n
+    def update(self, loss: Tensor, output: Tensor, target: Tensor) -> None:
+        """Add one batch (its mean loss, its logits); queues device work only."""
+        loss = loss.detach().to(self.dtype)
+        n = target.shape[0]
+        self.last = torch.cat([loss.view(1), topk_hits(output.detach(), target).to(self.dtype)])
+        self.sums[:1].add_(loss * n)  # summed in float64 in batch order: the same numbers as host floats would give
+        self.sums[1:].add_(self.last[1:])
+        newly = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(newly, self.iterations, self.first_bad)
+        self.bad_loss = torch.where(newly, loss, self.bad_loss)
+        self.count, self.last_n, self.iterations = self.count + n, n, self.iterations + 1
 
-    def reduced(self, info: DistInfo, device: torch.device) -> dict[str, float]:
-        sums = torch.tensor([self.loss_sum, self.correct1, self.correct5, self.count], dtype=torch.float64)
+    def read(self) -> _Reading:
+        values = torch.cat([self.last, self.sums, self.first_bad.to(self.dtype).view(1), self.bad_loss.view(1)])
+        v = _host(values)
+        n, count = max(self.last_n, 1), max(self.count, 1)
+        return _Reading(v[0], 100.0 * v[1] / n, 100.0 * v[2] / n, v[3] / count, 100.0 * v[4] / count,
+                        100.0 * v[5] / count, int(v[6]), v[7])  # fmt: skip
+
+    def reduced(self, info: DistInfo) -> dict[str, float]:
+        total = torch.cat([self.sums, self.sums.new_full((1,), float(self.count))])  # filled on the device: no copy
         if info.world_size > 1:
-            sums = sums.to(device)
-            dist.all_reduce(sums)
-            sums = sums.cpu()
-        loss_sum, c1, c5, n = sums.tolist()
+            dist.all_reduce(total)
+        loss_sum, c1, c5, n = _host(total)
         n = max(n, 1.0)
         return {"loss": loss_sum / n, "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n}
 
@@ -383,9 +450,60 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Itera
     return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
 
 
+def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """The module the step loop calls: `model` moved to channels_last in place (`cfg.channels_last`), then wrapped by
+    torch.compile (`cfg.compile`). Its state_dict keeps the plain keys (`clean_state_dict` drops `_orig_mod.`)."""
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if cfg.compile else model
+
+
+def _state_like_params(optimizer: Optimizer) -> None:
+    """Give each optimizer buffer shaped like its parameter the parameter's memory layout (a checkpoint stores them
+    contiguous; the fused kernels and foreach's fast path want them laid out alike)."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def train_step(
+    model: nn.Module,
+    images: Tensor,
+    target: Tensor,
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
+    *,
+    cfg: TrainConfig,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One optimizer step: forward under the `cfg.amp` autocast, cross-entropy, backward, optional clipping, step,
+    schedule. Returns the loss and the logits, detached and still on the device: nothing is read back (except by
+    fp16's GradScaler, whose step reads its inf check on the host, as torch's does)."""
+    with autocast(device, cfg.amp):
+        output = model(images)
+        loss = F.cross_entropy(output, target)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if cfg.clip_grad > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    return loss.detach(), output.detach()
+
+
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Batches,
     optimizer: Optimizer,
     scheduler: LRScheduler,
     *,
@@ -402,79 +520,63 @@ def train_one_epoch(
     """One pass over `loader` (epoch is 0-based); returns train loss/top1/top5 reduced over ranks.
 
     `model` may be the DDP/compiled wrapper; `perturb` gets `perturb_model` (the plain module) so that generating
-    adversarial examples never triggers DDP's gradient synchronisation. `on_log(step, loss, lr)` is called every
-    print_freq iterations (TensorBoard).
+    adversarial examples never triggers DDP's gradient synchronisation. The device is read only every print_freq
+    iterations (the course's log line, `on_log(step, loss, lr)` for TensorBoard, and the non-finite-loss check) and
+    once at the end; the line's Time is the mean seconds per iteration since the previous read.
     """
     info = dist_info()
     model.train()
-    meter = _Meter()
+    meter = _Meter(device)
     n_iters = len(loader)
-    end = time.perf_counter()
+    end, since = time.perf_counter(), 0
     batches = _progress(loader, n_iters, f"epoch {epoch + 1}/{cfg.epochs}", progress and info.is_main)
     for i, (images, target) in enumerate(batches):
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         if perturb is not None:
             images = perturb(perturb_model or model, images, target).detach()
-        with autocast(device, cfg.amp):
-            output = model(images)
-            loss = F.cross_entropy(output, target)
-        _stop_if_diverged(loss, epoch, i, n_iters, info, device, last_good)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if cfg.clip_grad > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-
-        loss_value = loss.item()
-        c1, c5 = topk_correct(output.detach().float(), target)
-        n = images.shape[0]
-        meter.update(loss_value, c1, c5, n)
-        batch_time = time.perf_counter() - end
-        end = time.perf_counter()
+        loss, output = train_step(model, images, target, optimizer, scheduler, cfg=cfg, device=device, scaler=scaler)
+        meter.update(loss, output.float(), target)
+        since += 1
         if i % cfg.print_freq == 0:
-            lr = scheduler.get_last_lr()[0]
+            seen = meter.read()
+            _stop_if_diverged(seen, epoch, i, n_iters, info, device, last_good)
+            now = time.perf_counter()
+            batch_time, end, since = (now - end) / since, now, 0
             log.info(
                 "Epoch: [%d][%d/%d]\tTime %.3f\tLoss %.2f (%.2f)\tAcc@1 %.2f (%.2f)\tAcc@5 %.2f (%.2f)",
-                epoch + 1,
-                i,
-                n_iters,
-                batch_time,
-                loss_value,
-                meter.loss_sum / meter.count,
-                100.0 * c1 / n,
-                100.0 * meter.correct1 / meter.count,
-                100.0 * c5 / n,
-                100.0 * meter.correct5 / meter.count,
-            )
+                epoch + 1, i, n_iters, batch_time, seen.loss, seen.avg_loss, seen.top1, seen.avg_top1, seen.top5,
+                seen.avg_top5,
+            )  # fmt: skip
             if on_log is not None:
-                on_log(epoch * n_iters + i, loss_value, lr)
+                on_log(epoch * n_iters + i, seen.loss, scheduler.get_last_lr()[0])
+    if since:  # iterations after the last print point are not checked yet
+        _stop_if_diverged(meter.read(), epoch, n_iters - 1, n_iters, info, device, last_good)
     log.info("[Training]: Epoch %d finished with lr=%f", epoch + 1, scheduler.get_last_lr()[0])
-    return meter.reduced(info, device)
+    return meter.reduced(info)
 
 
 def _stop_if_diverged(
-    loss: Tensor, epoch: int, i: int, n_iters: int, info: DistInfo, device: torch.device, last_good: Path | None
+    seen: _Reading, epoch: int, upto: int, n_iters: int, info: DistInfo, device: torch.device, last_good: Path | None
 ) -> None:
-    bad = ~torch.isfinite(loss.detach())
+    """Raise `TrainingDiverged` if a loss of iterations 0..`upto` was not finite, here or (DDP) on another rank."""
+    bad = seen.first_bad >= 0
+    elsewhere = False
     if info.world_size > 1:  # every rank must stop together, or the others wait forever in all-reduce
-        flag = bad.to(device=device, dtype=torch.float32)
+        flag = torch.full((1,), float(bad), device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        bad = flag > 0
-    if bool(bad):
-        kept = f"the last good checkpoint is {last_good}" if last_good else "no epoch completed, so no checkpoint"
-        raise TrainingDiverged(
-            f"loss is {loss.item()} at epoch {epoch + 1}, iteration {i}/{n_iters} (rank {info.rank}); stopped, {kept}"
-        )
+        elsewhere = _host(flag)[0] > 0 and not bad
+    if not (bad or elsewhere):
+        return
+    kept = f"the last good checkpoint is {last_good}" if last_good else "no epoch completed, so no checkpoint"
+    where = (
+        f"loss is {seen.bad_loss} at epoch {epoch + 1}, iteration {seen.first_bad}/{n_iters}"
+        if bad
+        else f"another rank's loss is not finite by epoch {epoch + 1}, iteration {upto}/{n_iters}"
+    )
+    raise TrainingDiverged(f"{where} (rank {info.rank}); stopped, {kept}")
 
 
 @torch.no_grad()
@@ -488,7 +590,7 @@ def _forward_eval(model: nn.Module, images: Tensor, flip: bool, device: torch.de
 
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Batches,
     *,
     device: torch.device,
     flip: bool = False,
@@ -501,12 +603,13 @@ def evaluate(
 
     `flip` averages the logits of each image and its horizontal flip (the course's `-e`); `perturb(model, x, y)`
     evaluates on the images it returns instead (e.g. PGD adversarial examples), with gradients enabled for it only.
+    Like training, it reads the device only every `print_freq` batches (the course's Test line) and at the end.
     """
     info = dist_info()
     model.eval()
-    meter = _Meter()
+    meter = _Meter(device)
     n_iters = len(loader)
-    end = time.perf_counter()
+    end, since = time.perf_counter(), 0
     for i, (images, target) in enumerate(_progress(loader, n_iters, "eval", progress and info.is_main)):
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
@@ -514,22 +617,15 @@ def evaluate(
             with torch.enable_grad():
                 images = perturb(model, images, target).detach()
         output = _forward_eval(model, images, flip, device, amp)
-        loss = F.cross_entropy(output, target).item()
-        c1, c5 = topk_correct(output, target)
-        meter.update(loss, c1, c5, images.shape[0])
+        meter.update(F.cross_entropy(output, target), output, target)
+        since += 1
         if i % print_freq == 0:
-            log.info(
-                "Test: [%d/%d]\tTime %.3f\tAcc@1 %.2f (%.2f)\tAcc@5 %.2f (%.2f)",
-                i,
-                n_iters,
-                time.perf_counter() - end,
-                100.0 * c1 / images.shape[0],
-                100.0 * meter.correct1 / meter.count,
-                100.0 * c5 / images.shape[0],
-                100.0 * meter.correct5 / meter.count,
-            )
-        end = time.perf_counter()
-    result = meter.reduced(info, device)
+            seen = meter.read()
+            now = time.perf_counter()
+            batch_time, end, since = (now - end) / since, now, 0
+            log.info("Test: [%d/%d]\tTime %.3f\tAcc@1 %.2f (%.2f)\tAcc@5 %.2f (%.2f)",
+                     i, n_iters, batch_time, seen.top1, seen.avg_top1, seen.top5, seen.avg_top5)  # fmt: skip
+    result = meter.reduced(info)
     log.info("******Acc@1 %.3f Acc@5 %.3f", result["top1"], result["top5"])
     return result
 
@@ -845,8 +941,8 @@ class FitResult:
 
 def fit(
     model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
+    train_loader: Batches,
+    val_loader: Batches,
     cfg: TrainConfig,
     *,
     device: torch.device,
@@ -886,8 +982,8 @@ def fit(
 
 def _fit(
     model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
+    train_loader: Batches,
+    val_loader: Batches,
     cfg: TrainConfig,
     result: FitResult,
     *,
@@ -924,7 +1020,8 @@ def _fit(
         result.checkpoint = models_dir / CHECKPOINT_NAME
     resumed_from = Path(resume) if resume is not None else None  # the last good state until an epoch here completes
 
-    net: nn.Module = torch.compile(model) if cfg.compile else model
+    net = prepare_model(model, cfg)
+    _state_like_params(optimizer)  # a resumed optimizer's buffers follow the weights into channels_last
     if info.world_size > 1:
         if cfg.sync_bn:
             from impl.sync_bn import convert_sync_batchnorm
