@@ -120,7 +120,7 @@ def corpus(session: nox.Session) -> None:
 @nox.session
 def mutants(session: nox.Session) -> None:
     """mutmut over impl's course-interface code on a snapshot of HEAD, then reports/verification.md (tools/mutants.py;
-    `-- --commit REV`, `-- --report-only DIR`)."""
+    `-- --commit REV`, `-- --max-children N`, `-- --only PATTERN...`, `-- --report-only DIR [DIR ...]`)."""
     session.run(PYTHON, "-m", "tools.mutants", *session.posargs)
 
 

@@ -1,13 +1,21 @@
 """Mutation score of the spec: mutmut over impl's course-interface code, then reports/verification.md.
 
-    python -m tools.mutants [--commit REV] [--workdir DIR] [--report-only DIR]
+    python -m tools.mutants [--commit REV] [--workdir DIR] [--max-children N] [--only PATTERN ...] [--out FILE]
+    python -m tools.mutants --resume DIR [--only PATTERN ...]
+    python -m tools.mutants --report-only DIR [DIR ...]
 
 mutmut 3 mutates a copy under `mutants/` of the folder it runs in. It runs here on a snapshot of a commit
 (`git archive`, into --workdir), never on the working tree: impl/ is edited by others while it runs, and the report
 names the commit it measured. Scope: the functions in SCOPE (the course interface: conv Function and module,
 attention, window helpers, block, DropPath, SimpleNet, SimpleViT, PGDAttack), against the course-interface spec in
-[tool.mutmut] of pyproject.toml, one child, hypothesis derandomized. Every survivor must be explained in
-SURVIVORS (equivalent, with the reason) or be killed by a test added since; the report lists the rest as open.
+[tool.mutmut] of pyproject.toml, one child by default, hypothesis derandomized. With no arguments it is one complete
+pass on HEAD. A run folder keeps COMMIT and RUN.json (each pass: arguments, children, start and end).
+
+The report can be made from several run folders (e.g. part of SCOPE at one commit, the rest at a later one, and the
+survivors a new test kills rerun by name at the commit that has the test): each function's row names the commit it
+was measured at, and the report says whether the files a run measured are byte-identical at the newest run's commit
+and at HEAD. Every survivor must be explained in SURVIVORS (equivalent, with the reason) or be killed by a test added
+since, measured by a rerun; the report lists the rest as open.
 """
 
 from __future__ import annotations
@@ -22,9 +30,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+import tomllib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,24 +123,63 @@ class Result:
         return self.name.rsplit("__mutmut_", 1)[0]
 
 
+@dataclass(frozen=True)
+class Run:
+    """One mutmut run folder: its snapshot's commit, how it was run (RUN.json) and its in-scope results."""
+
+    workdir: Path
+    commit: str
+    info: dict
+    results: tuple[Result, ...]
+    hashes: dict[str, str]  # function (mutmut's name, as Result.function) → mutmut's hash of its source
+
+    @property
+    def label(self) -> str:
+        return self.workdir.name
+
+    def checked(self) -> list[Result]:
+        return [r for r in self.results if r.status != "not checked"]
+
+    def wall_s(self) -> float:
+        return sum(p["finished"] - p["started"] for p in self.info["passes"] if p.get("finished"))
+
+    def selection(self) -> tuple[list[str], list[str]]:
+        """The snapshot's test selection and the pytest arguments of every mutant's run (its [tool.mutmut])."""
+        conf = tomllib.loads((self.workdir / "pyproject.toml").read_text())["tool"]["mutmut"]
+        return conf.get("pytest_add_cli_args_test_selection", []), conf.get("pytest_add_cli_args", [])
+
+
 def in_scope(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in SCOPE)
 
 
+def expand(only: Sequence[str]) -> list[str]:
+    """mutmut's arguments for `--only`: SCOPE entries, globs over them (`impl.conv.*`) or in-scope mutant names."""
+    if not only:
+        return list(SCOPE)
+    names: list[str] = []
+    for item in only:
+        found = [p for p in SCOPE if p == item or fnmatch.fnmatchcase(p, item)] or ([item] if in_scope(item) else [])
+        if not found:
+            raise SystemExit(f"--only {item}: neither a SCOPE pattern, a glob over SCOPE nor a mutant in SCOPE")
+        names += [n for n in found if n not in names]
+    return names
+
+
 def snapshot(commit: str, workdir: Path) -> str:
     """Extract the tracked files of `commit` into `workdir`; return the full commit hash."""
-    sha = subprocess.run(["git", "rev-parse", commit], cwd=REPO, check=True, capture_output=True, text=True)
-    archive = subprocess.run(["git", "archive", sha.stdout.strip()], cwd=REPO, check=True, capture_output=True)
+    sha = _git("rev-parse", commit)
+    archive = subprocess.run(["git", "archive", sha], cwd=REPO, check=True, capture_output=True)
     workdir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(workdir, filter="data")
-    return sha.stdout.strip()
+    return sha
 
 
-def run_mutmut(workdir: Path, only: Sequence[str] = ()) -> int:
+def run_mutmut(workdir: Path, only: Sequence[str] = (), max_children: int = 1) -> int:
     """mutmut on the snapshot in `workdir`; a folder with an earlier, stopped run resumes with the mutants it has not
-    checked (mutmut reruns every mutant a pattern names). `only` narrows SCOPE to those patterns."""
-    patterns = [p for p in SCOPE if not only or p in only]
+    checked (mutmut reruns every mutant a pattern names). `only`: see expand. Each pass is logged in RUN.json."""
+    patterns = expand(only)
     if (workdir / "mutants").is_dir():
         names = [r.name for r in collect(workdir, with_diffs=False) if r.status == "not checked"]
         names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
@@ -137,11 +187,39 @@ def run_mutmut(workdir: Path, only: Sequence[str] = ()) -> int:
         names = patterns
     if not names:
         return 0
+    info = _info(workdir)
+    info["passes"].append({"only": list(only), "max_children": max_children, "started": time.time()})
+    _save_info(workdir, info)
     # One thread per test process: on a shared CPU it is several times faster than torch's default here.
     env = {**os.environ, "HYPOTHESIS_PROFILE": "mutmut", "PYTEST_ADDOPTS": "-p tools.mutmut_plugin"}
     env |= {"OMP_NUM_THREADS": "1", "CI": "1"}
-    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", "1", *names]
-    return subprocess.run(cmd, cwd=workdir, env=env).returncode
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *names]
+    code = subprocess.run(cmd, cwd=workdir, env=env).returncode
+    info["passes"][-1] |= {"finished": time.time(), "exit_code": code}
+    _save_info(workdir, info)
+    return code
+
+
+def _info(workdir: Path) -> dict:
+    """RUN.json of a run folder. A folder from before RUN.json existed gets one pass of one child (the only count the
+    tool had then), its arguments not recorded, timed by its files: from the COMMIT file's mtime (the snapshot) to the
+    newest .meta's (mutmut's last save)."""
+    path = workdir / "RUN.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    metas = list((workdir / "mutants").rglob("*.py.meta"))
+    passes = []
+    if metas:
+        started = (workdir / "COMMIT").stat().st_mtime
+        passes.append(
+            {"only": None, "max_children": 1, "started": started, "finished": max(m.stat().st_mtime for m in metas)}
+        )
+    return {"passes": passes, "timed_by": "file times" if passes else "RUN.json"}
+
+
+def _save_info(workdir: Path, info: dict) -> None:
+    info.setdefault("timed_by", "RUN.json")
+    (workdir / "RUN.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
 def collect(workdir: Path, with_diffs: bool = True) -> list[Result]:
@@ -157,9 +235,73 @@ def collect(workdir: Path, with_diffs: bool = True) -> list[Result]:
     return [r if r.status != "survived" else Result(r.name, r.status, _diff(workdir, r.name)) for r in results]
 
 
+def load_run(workdir: Path) -> Run:
+    hashes = {}
+    for meta in (workdir / "mutants").rglob("*.py.meta"):
+        module = ".".join(meta.relative_to(workdir / "mutants").with_suffix("").with_suffix("").parts)
+        for function, digest in json.loads(meta.read_text())["hash_by_function_name"].items():
+            hashes[f"{module}.{function}"] = digest
+    commit = (workdir / "COMMIT").read_text().strip()
+    return Run(workdir, commit, _info(workdir), tuple(collect(workdir)), hashes)
+
+
 def _diff(workdir: Path, name: str) -> str:
     shown = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=workdir, capture_output=True, text=True)
     return "\n".join(line for line in shown.stdout.splitlines()[1:] if line.strip())
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _blob(commit: str, path: str) -> str:
+    found = subprocess.run(["git", "rev-parse", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else "(missing)"
+
+
+def _file_of(function: str) -> str:
+    """impl.models.vit.xǁSimpleViTǁ__init__ → impl/models/vit.py"""
+    return "/".join(function.rsplit(".", 1)[0].split(".")) + ".py"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A mutant's status in the merged report and the run that measured it."""
+
+    result: Result
+    run: Run
+    earlier: tuple[tuple[Run, str], ...] = ()  # (run, status) of earlier runs that checked the same mutant
+
+
+def merge(runs: Sequence[Run]) -> list[Measured]:
+    """Each function's mutants as the latest run (in `runs` order) that checked any of them has them; each mutant's
+    status from the latest run that checked it while the function's source had that same hash. A function that changed
+    since an earlier run keeps none of that run's statuses (they are of other mutants)."""
+    merged = []
+    functions = sorted({r.function for run in runs for r in run.results})
+    for function in functions:
+        owners = [run for run in runs if any(r.function == function for r in run.checked())]
+        if not owners:
+            base = runs[-1]
+            merged += [Measured(r, base) for r in base.results if r.function == function]
+            continue
+        base = owners[-1]
+        same = [run for run in owners if run.hashes.get(function) == base.hashes.get(function)]
+        by_name: dict[str, list[tuple[Run, Result]]] = {}
+        for run in same:
+            for r in run.checked():
+                if r.function == function:
+                    by_name.setdefault(r.name, []).append((run, r))
+        for r in base.results:
+            if r.function != function:
+                continue
+            history = by_name.get(r.name, [])
+            if not history:
+                merged.append(Measured(r, base))
+                continue
+            run, last = history[-1]
+            merged.append(Measured(last, run, tuple((h_run, h.status) for h_run, h in history[:-1])))
+    return merged
 
 
 def edit_key(result: Result) -> str:
@@ -170,7 +312,89 @@ def edit_key(result: Result) -> str:
     return f"{short}: {' / '.join(removed)} → {' / '.join(added)}"
 
 
-def render(results: list[Result], commit: str, note: str = "") -> str:
+def _ago(run: Run) -> int:
+    return int(_git("rev-list", "--count", run.commit))
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _runs_table(runs: Sequence[Run], used: Counter) -> list[str]:
+    lines = [
+        "| run | commit | mutmut arguments | children | mutants checked (in the score) | wall | per mutant |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        passes = run.info["passes"]
+        only = sorted({p for pass_ in passes for p in pass_["only"] or ()})
+        scope = ", ".join(f"`{p}`" for p in only) if only else "all of SCOPE"
+        if any(pass_["only"] is None for pass_ in passes):
+            scope = "not recorded (a run from before RUN.json)"
+        children = "/".join(sorted({str(p["max_children"]) for p in passes})) or "?"
+        n = len(run.checked())
+        wall = run.wall_s()
+        when = (
+            f"{_when(passes[0]['started'])}, {len(passes)} pass" + ("es" if len(passes) > 1 else "") if passes else ""
+        )
+        per = f"{wall / n:.1f} s" if n and wall else "?"
+        lines.append(
+            f"| `{run.label}` ({when}) | `{run.commit[:12]}` | {scope} | {children} | {n} ({used[run.label]}) | "
+            f"{wall / 60:.0f} min | {per} |"
+        )
+    return lines
+
+
+def _selection_lines(runs: Sequence[Run]) -> list[str]:
+    lines = []
+    selections = {run.label: run.selection() for run in runs}
+    distinct = {(tuple(a), tuple(b)) for a, b in selections.values()}
+    for label, (paths, args) in selections.items():
+        if len(distinct) == 1 and lines:
+            break
+        who = "every run" if len(distinct) == 1 else f"`{label}`"
+        lines.append(
+            f"- Test selection of {who}: " + ", ".join(f"`{p}`" for p in paths) + "; pytest arguments "
+            f"`{' '.join(args)}`. The spec files are those of the run's commit."
+        )
+    return lines
+
+
+def _identity_lines(runs: Sequence[Run], measured: Sequence[Measured]) -> list[str]:
+    """Whether the files each run measured are byte-identical at the newest run's commit and at HEAD."""
+    newest = max(runs, key=_ago)
+    head = _git("rev-parse", "HEAD")
+    lines = []
+    for run in runs:
+        mine = [m for m in measured if m.run is run and m.result.status != "not checked"]
+        files = sorted({_file_of(m.result.function) for m in mine})
+        if not files:
+            continue
+        for other, what in ((newest, "the newest run's commit"), (None, "HEAD when this report was written")):
+            target = other.commit if other else head
+            if target == run.commit:
+                continue
+            differ = [f for f in files if _blob(run.commit, f) != _blob(target, f)]
+            where = f"{what} `{target[:12]}`"
+            if not differ:
+                lines.append(f"- `{run.label}` measured {', '.join(f'`{f}`' for f in files)}: identical at {where}.")
+                continue
+            changed = ""
+            if other is not None:
+                functions = sorted({m.result.function for m in mine})
+                moved = [f for f in functions if run.hashes.get(f) != other.hashes.get(f)]
+                changed = f" (functions whose mutants changed: {', '.join(f'`{f}`' for f in moved) or 'none'})"
+            lines.append(
+                f"- `{run.label}` measured {', '.join(f'`{f}`' for f in files)}: **{', '.join(differ)} differ** at "
+                f"{where}{changed}."
+            )
+    return lines or ["- one commit: nothing to compare."]
+
+
+def render(runs: Sequence[Run], note: str = "") -> str:
+    measured = merge(runs)
+    results = [m.result for m in measured]
+    used = Counter(m.run.label for m in measured if m.result.status != "not checked")
     counts = Counter(r.status for r in results)
     tested = sum(n for s, n in counts.items() if s in DETECTED | {"survived"})
     detected = sum(counts[s] for s in DETECTED)
@@ -178,15 +402,34 @@ def render(results: list[Result], commit: str, note: str = "") -> str:
     open_ = [r for r in results if r.status == "survived" and edit_key(r) not in SURVIVORS]
     score = 100 * detected / tested if tested else 0.0
     adjusted = 100 * detected / (tested - len(explained)) if tested > len(explained) else 0.0
+    commits = sorted({run.commit[:12] for run in runs})
+    how = (
+        f"one mutmut run at commit `{commits[0]}`"
+        if len(runs) == 1
+        else f"{len(runs)} mutmut runs at {len(commits)} commit(s) ({', '.join(f'`{c}`' for c in commits)}): each "
+        "function's mutants are those of the latest run that checked it, each mutant's status that of the latest run "
+        "that checked it while the function's source was the same (mutmut's hash of it)"
+    )
     lines = [
         "<!-- generated by `nox -s mutants` (tools/mutants.py) — do not edit -->",
         "# Mutation score of the spec",
         "",
-        f"mutmut {_mutmut_version()} over impl's course-interface code at commit `{commit[:12]}`, against the course-",
-        "interface spec (`[tool.mutmut]` in pyproject.toml), one child, hypothesis derandomized. Scope: "
+        f"mutmut {_mutmut_version()} over impl's course-interface code, against the course-interface spec "
+        f"(`[tool.mutmut]` in pyproject.toml), hypothesis derandomized, OMP_NUM_THREADS=1; made from {how}. Scope: "
         + ", ".join(f"`{p.rstrip('*')}`" for p in SCOPE)
         + ".",
         *(["", note] if note else []),
+        "",
+        *_runs_table(runs, used),
+        "",
+        "Wall time is of the whole run (mutmut's test-mapping pass included) on a 2-core machine shared with other "
+        "work, so the time per mutant is an upper bound of an idle machine's.",
+        "",
+        *_selection_lines(runs),
+        "",
+        "Measured files:",
+        "",
+        *_identity_lines(runs, measured),
         "",
         f"**Score: {detected} of {tested} mutants detected ({score:.1f} %); {adjusted:.1f} % of the non-equivalent "
         f"ones** ({len(explained)} survivors are equivalent, {len(open_)} survivors unexplained).",
@@ -196,17 +439,28 @@ def render(results: list[Result], commit: str, note: str = "") -> str:
         *(f"| {status} | {n} |" for status, n in sorted(counts.items())),
         "",
         "A timeout (the mutant made the tests run past 15x their CPU time) counts as detected, as mutmut does. "
-        '"not checked" mutants were not reached before the run stopped and are not in the score.',
+        '"not checked" mutants were run by none of the runs (outside their arguments, or not reached) and are not '
+        "in the score.",
         "",
         "## Per function",
         "",
-        "| function | detected | survived | not checked |",
-        "|---|---:|---:|---:|",
+        "| function | measured at | detected | survived | not checked |",
+        "|---|---|---:|---:|---:|",
     ]
     for function in sorted({r.function for r in results}):
-        mine = [r for r in results if r.function == function]
-        row = Counter("detected" if r.status in DETECTED else r.status for r in mine)
-        lines.append(f"| `{function}` | {row['detected']} | {row['survived']} | {row['not checked']} |")
+        mine = [m for m in measured if m.result.function == function]
+        row = Counter("detected" if m.result.status in DETECTED else m.result.status for m in mine)
+        at = Counter(m.run.commit[:12] for m in mine if m.result.status != "not checked")
+        where = ", ".join(f"`{c}`" + (f" ({n})" if len(at) > 1 else "") for c, n in sorted(at.items())) or "—"
+        lines.append(f"| `{function}` | {where} | {row['detected']} | {row['survived']} | {row['not checked']} |")
+    rerun = [m for m in measured if m.earlier]
+    lines += ["", "## Mutants rerun by a later run", ""]
+    lines += [
+        f"- `{m.result.name}`: "
+        + ", ".join(f"{status} in `{run.label}` (`{run.commit[:12]}`)" for run, status in m.earlier)
+        + f", then **{m.result.status}** in `{m.run.label}` (`{m.run.commit[:12]}`)"
+        for m in rerun
+    ] or ["none"]
     lines += ["", "## Equivalent survivors", ""]
     lines += [f"- `{r.name}` — `{edit_key(r)}`: {SURVIVORS[edit_key(r)]}" for r in explained] or ["none"]
     lines += ["", "## Unexplained survivors", ""]
@@ -230,25 +484,40 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", type=Path, help="where the snapshot goes (default: a new temporary folder)")
     parser.add_argument(
-        "--report-only", type=Path, metavar="DIR", help="only write the report of a finished run in DIR"
+        "--report-only",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="only write the report of finished runs, oldest first (a later run's status of a mutant wins)",
     )
     parser.add_argument("--resume", type=Path, metavar="DIR", help="continue the stopped run in DIR (its snapshot)")
     parser.add_argument("--note", default="", help="a sentence for the report's header (how the run was made)")
-    parser.add_argument("--only", nargs="+", default=(), metavar="PATTERN", help="run only these SCOPE patterns")
+    parser.add_argument(
+        "--only", nargs="+", default=(), metavar="PATTERN", help="run only these SCOPE patterns, globs or mutants"
+    )
+    parser.add_argument("--max-children", type=int, default=1, help="mutmut's parallel test processes (default 1)")
+    parser.add_argument("--out", type=Path, default=REPORT, help=f"the report (default {REPORT.relative_to(REPO)})")
     args = parser.parse_args(argv)
-    if args.report_only or args.resume:
-        workdir = args.report_only or args.resume
-        commit = (workdir / "COMMIT").read_text().strip()
-        if args.resume:
-            run_mutmut(workdir, args.only)
+    if args.max_children < 1:
+        parser.error(f"--max-children must be >= 1, got {args.max_children}")
+    if args.report_only:
+        workdirs = args.report_only
+    elif args.resume:
+        workdirs = [args.resume]
+        run_mutmut(args.resume, args.only, args.max_children)
     else:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="miniplaces-mutants-"))
         commit = snapshot(args.commit, workdir)
         (workdir / "COMMIT").write_text(commit + "\n")
+        _save_info(workdir, {"passes": []})
         print(f"snapshot of {commit[:12]} in {workdir}; mutmut runs there")
-        run_mutmut(workdir, args.only)
-    REPORT.write_text(render(collect(workdir), commit, args.note))
-    print(f"wrote {REPORT.relative_to(REPO)}")
+        run_mutmut(workdir, args.only, args.max_children)
+        workdirs = [workdir]
+    missing = [str(d) for d in workdirs if not (d / "COMMIT").exists()]
+    if missing:
+        parser.error(f"not a run folder (no COMMIT file): {', '.join(missing)}")
+    args.out.write_text(render([load_run(d) for d in workdirs], args.note))
+    print(f"wrote {args.out}")
     return 0
 
 
