@@ -44,6 +44,31 @@ def test_perturbation_leaves_the_training_state_alone():
     assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers()), "BN statistics changed"
 
 
+@pytest.mark.parametrize(
+    ("cfg", "k"), [(AdvTrainConfig("pgd"), 3), (AdvTrainConfig("fgsm-rs"), 1)], ids=["pgd-3", "fgsm-rs"]
+)
+def test_perturbation_costs_k_eval_forwards_and_k_input_only_backwards(cfg, k, monkeypatch):
+    """The floor of bench/attack/floor.py and no more: k forwards in eval mode (BN and dropout off, as the module
+    states), each followed by one backward to the batch alone, no extra forward, and a batch that needs no grad
+    (else the training step's backward would also pay the first layer's input gradient)."""
+    model = TinyNet()  # train mode, as the engine calls it
+    images, labels = random_images(8, seed=4), torch.randint(0, 4, (8,))
+    forwards: list[tuple[bool, bool]] = []
+    model.register_forward_hook(lambda m, args, out: forwards.append((m.training, args[0].requires_grad)))
+    backwards: list[list[tuple[int, ...]]] = []
+    real_grad = torch.autograd.grad
+
+    def counting_grad(outputs, inputs, *args, **kwargs):
+        backwards.append([tuple(t.shape) for t in (inputs if isinstance(inputs, tuple | list) else (inputs,))])
+        return real_grad(outputs, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    adv = make_perturb(cfg)(model, images, labels)
+    assert forwards == [(False, True)] * k, f"{cfg.method}: (training, input requires grad) per forward {forwards}"
+    assert backwards == [[tuple(images.shape)]] * k, f"{cfg.method}: the shapes differentiated per backward {backwards}"
+    assert not adv.requires_grad and adv.grad_fn is None, f"{cfg.method}: the batch returned is part of a graph"
+
+
 def test_perturbation_under_bf16_autocast_stays_in_budget():
     model = TinyNet().eval()
     images, labels = random_images(8, seed=2), torch.randint(0, 4, (8,))

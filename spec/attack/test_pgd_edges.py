@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from impl.attack import PGDAttack, _upcast
-from spec.attack.toys import TinyNet, random_images
+from impl.attack import PGDAttack, _upcast, pgd
+from spec.attack.toys import MEAN, NUM_CLASSES, STD, TinyNet, random_images
 
 
 def test_pgd_defaults_are_the_starters() -> None:
@@ -114,3 +115,32 @@ def test_low_precision_logits_are_upcast_before_the_loss() -> None:
         (torch.float64, torch.float64),
     ):
         assert _upcast(torch.zeros(2, 3, dtype=dtype)).dtype == want, f"{dtype} logits"
+
+
+def _out_of_place_pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int, targeted: bool,
+                      gen: torch.Generator) -> Tensor:  # fmt: skip
+    """Pixel PGD written out of place, each bound and step a new tensor: the transcription `pgd` must match bit for
+    bit (it reuses its setup buffers in place to keep fewer image-sized buffers alive)."""
+    mean, std = MEAN.to(x), STD.to(x)
+    pixels = (x * std + mean).clamp(0, 1)
+    lo_px, hi_px = (-pixels).clamp(min=-eps), (1 - pixels).clamp(max=eps)
+    lo, hi = x + lo_px / std, x + hi_px / std
+    delta = torch.empty_like(x).uniform_(-eps, eps, generator=gen)
+    adv = x + torch.min(torch.max(delta, lo_px), hi_px) / std
+    step = (-alpha if targeted else alpha) / std
+    for _ in range(steps):
+        xr = adv.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(xr), y, reduction="sum")
+        adv = torch.min(torch.max(adv + step * torch.autograd.grad(loss, xr)[0].sign(), lo), hi)
+    return adv
+
+
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
+def test_pixel_pgd_equals_its_out_of_place_transcription_bit_for_bit(trained, targeted: bool) -> None:
+    model, images, labels = trained
+    x, y = images[:32], labels[:32] if not targeted else (labels[:32] + 1) % NUM_CLASSES
+    got = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=4, targeted=targeted,
+              generator=torch.Generator().manual_seed(5))  # fmt: skip
+    want = _out_of_place_pgd(model, x, y, 8 / 255, 2 / 255, 4, targeted, torch.Generator().manual_seed(5))
+    diff = (got - want).abs().max().item()
+    assert torch.equal(got, want), f"targeted={targeted}: max difference {diff:.3g} from the out-of-place PGD"
