@@ -312,8 +312,8 @@ def edit_key(result: Result) -> str:
     return f"{short}: {' / '.join(removed)} → {' / '.join(added)}"
 
 
-def _ago(run: Run) -> int:
-    return int(_git("rev-list", "--count", run.commit))
+def _ancestors(commit: str) -> int:
+    return int(_git("rev-list", "--count", commit))
 
 
 def _when(seconds: float) -> str:
@@ -328,7 +328,11 @@ def _runs_table(runs: Sequence[Run], used: Counter) -> list[str]:
     for run in runs:
         passes = run.info["passes"]
         only = sorted({p for pass_ in passes for p in pass_["only"] or ()})
-        scope = ", ".join(f"`{p}`" for p in only) if only else "all of SCOPE"
+        named = [p for p in only if "__mutmut_" in p]
+        scope = ", ".join(
+            [f"`{p}`" for p in only if p not in named] + ([f"{len(named)} mutants by name"] if named else [])
+        )
+        scope = scope or "all of SCOPE"
         if any(pass_["only"] is None for pass_ in passes):
             scope = "not recorded (a run from before RUN.json)"
         children = "/".join(sorted({str(p["max_children"]) for p in passes})) or "?"
@@ -362,7 +366,7 @@ def _selection_lines(runs: Sequence[Run]) -> list[str]:
 
 def _identity_lines(runs: Sequence[Run], measured: Sequence[Measured]) -> list[str]:
     """Whether the files each run measured are byte-identical at the newest run's commit and at HEAD."""
-    newest = max(runs, key=_ago)
+    newest = max(runs, key=lambda run: _ancestors(run.commit))
     head = _git("rev-parse", "HEAD")
     lines = []
     for run in runs:
@@ -402,12 +406,12 @@ def render(runs: Sequence[Run], note: str = "") -> str:
     open_ = [r for r in results if r.status == "survived" and edit_key(r) not in SURVIVORS]
     score = 100 * detected / tested if tested else 0.0
     adjusted = 100 * detected / (tested - len(explained)) if tested > len(explained) else 0.0
-    commits = sorted({run.commit[:12] for run in runs})
+    commits = [c[:12] for c in sorted({run.commit for run in runs}, key=_ancestors)]
     how = (
         f"one mutmut run at commit `{commits[0]}`"
         if len(runs) == 1
-        else f"{len(runs)} mutmut runs at {len(commits)} commit(s) ({', '.join(f'`{c}`' for c in commits)}): each "
-        "function's mutants are those of the latest run that checked it, each mutant's status that of the latest run "
+        else f"{len(runs)} mutmut runs at {len(commits)} commit(s), oldest first "
+        f"({', '.join(f'`{c}`' for c in commits)}): each function's mutants are those of the latest run that checked it, each mutant's status that of the latest run "
         "that checked it while the function's source was the same (mutmut's hash of it)"
     )
     lines = [
