@@ -462,12 +462,18 @@ class AttackSpec:
 
 
 def default_specs(
-    mode: Mode = "course", eps: float | None = None, steps: int = 10, alpha: float | None = None
+    mode: Mode = "course",
+    eps: float | None = None,
+    steps: int = 10,
+    alpha: float | None = None,
+    early_stop: bool = False,
 ) -> list[AttackSpec]:
-    """PGD at the given budget, with FGSM and uniform noise at the same ε as the baselines the sanity report needs."""
+    """PGD at the given budget, with FGSM and uniform noise at the same ε as the baselines the sanity report needs.
+
+    `early_stop` early-stops the PGD (pixel mode only; `AttackSpec` refuses it in course mode)."""
     eps = (0.1 if mode == "course" else 8 / 255) if eps is None else eps
     return [
-        AttackSpec("pgd", mode, eps, steps, alpha),
+        AttackSpec("pgd", mode, eps, steps, alpha, early_stop=early_stop),
         AttackSpec("fgsm", mode, eps),
         AttackSpec("noise", mode, eps),
     ]
@@ -481,19 +487,25 @@ def sweep_specs(
     steps_sweep: Sequence[int] = (5, 10, 20),
     eps_scales: Sequence[float] = (0.5, 1.0, 1.5),
     chance_eps: float | None = None,
+    early_stop: bool = False,
 ) -> list[AttackSpec]:
     """The seed's tables: PGD steps {5, 10, 20} at ε, PGD at ε × {½, 1, 1½} with FGSM and noise at each ε, and a probe.
 
     The step size stays fixed across the ε sweep, as in the seed. The chance probe (default ε: 1.0 normalized,
-    32/255 pixels) uses α = 2.5·ε/steps (Madry et al.) so that the steps can reach the ball's edge.
+    32/255 pixels) uses α = 2.5·ε/steps (Madry et al.) so that the steps can reach the ball's edge. `early_stop`
+    early-stops every PGD of the sweep, the probe included (pixel mode only).
     """
-    base = default_specs(mode, eps, steps, alpha)[0]
-    specs = {AttackSpec("pgd", mode, base.eps, n, alpha) for n in steps_sweep}
+    base = default_specs(mode, eps, steps, alpha, early_stop)[0]
+
+    def pgd_at(e: float, n: int, a: float | None = alpha, probe: bool = False) -> AttackSpec:
+        return AttackSpec("pgd", mode, e, n, a, early_stop=early_stop, chance_probe=probe)
+
+    specs = {pgd_at(base.eps, n) for n in steps_sweep}
     for scale in eps_scales:
         e = base.eps * scale
-        specs |= {AttackSpec("pgd", mode, e, steps, alpha), AttackSpec("fgsm", mode, e), AttackSpec("noise", mode, e)}
+        specs |= {pgd_at(e, steps), AttackSpec("fgsm", mode, e), AttackSpec("noise", mode, e)}
     probe = (1.0 if mode == "course" else 32 / 255) if chance_eps is None else chance_eps
-    specs.add(AttackSpec("pgd", mode, probe, steps, 2.5 * probe / max(steps, 1), chance_probe=True))
+    specs.add(pgd_at(probe, steps, 2.5 * probe / max(steps, 1), probe=True))
     order = {"pgd": 0, "fgsm": 1, "noise": 2}
     return sorted(specs, key=lambda a: (a.chance_probe, order[a.kind], a.eps, a.steps))
 

@@ -286,6 +286,12 @@ def _add_attack_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attack-alpha", type=_fraction, default=None, help="step (default: 0.01 course, 2/255 pixel)")
     g.add_argument("--attack-steps", type=int, default=10, help="PGD iterations (default: 10)")
     g.add_argument(
+        "--attack-early-stop",
+        action="store_true",
+        help="pixel mode: stop attacking an image once it is misclassified (cheaper; robust accuracy never higher "
+        "than the full run's; the report says so)",
+    )
+    g.add_argument(
         "--attack-sweep",
         action="store_true",
         help="the seed's tables: steps {5, 10, 20}, eps x {0.5, 1, 1.5}, FGSM and noise baselines, a large-eps probe",
@@ -331,6 +337,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--attack-steps and --attack-batches must be >= 1, got {got}")
     if args.adv_val_images < 1 or args.adv_steps < 1:
         raise UsageError(f"--adv-val-images and --adv-steps must be >= 1, got {args.adv_val_images}, {args.adv_steps}")
+    if args.attack_early_stop and args.attack_mode != "pixel":
+        raise UsageError("--attack-early-stop needs --attack-mode pixel (the course mode's targeted PGD has none)")
     if args.attack_figures < 0:
         raise UsageError(f"--attack-figures must be >= 0 (0 draws none), got {args.attack_figures}")
     if not 0 <= args.start_epoch <= args.epochs:
@@ -707,8 +715,9 @@ def run_attack(args: argparse.Namespace, model: nn.Module, val_loader: Any, devi
     try:
         report, main, written = robustness_report(
             model, val_loader, device, run_dir, mode=args.attack_mode, eps=args.attack_eps, alpha=args.attack_alpha,
-            steps=args.attack_steps, sweep=args.attack_sweep, max_batches=args.attack_batches,
-            figures=args.attack_figures, vis=args.vis, amp=args.amp, progress=args.progress,
+            steps=args.attack_steps, early_stop=args.attack_early_stop, sweep=args.attack_sweep,
+            max_batches=args.attack_batches, figures=args.attack_figures, vis=args.vis, amp=args.amp,
+            progress=args.progress,
         )  # fmt: skip
     except ValueError as exc:  # the attack's settings (AttackSpec: eps ...) or the data
         raise UsageError(name_flags(_one_line(exc))) from exc

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EARLY_STOP_NOTE = (
+    "PGD early-stopped: an input left the attack at the first step that fooled the model, so its image is the first "
+    "that fooled it, not the one of highest loss. Robust accuracy is never above the full run's, up to float rounding."
+)
+
 
 def robustness_report(
     model: nn.Module,
@@ -33,6 +38,7 @@ def robustness_report(
     eps: float | None = None,
     alpha: float | None = None,
     steps: int = 10,
+    early_stop: bool = False,
     sweep: bool = False,
     max_batches: int | None = None,
     figures: int = 4,
@@ -42,13 +48,15 @@ def robustness_report(
     class_names: Sequence[str] | None = None,
 ) -> tuple[RobustnessReport, str, Path]:
     """Evaluate, draw the first batch's figures, write `<run_dir>/attack.md` (or the next free `attack-<n>.md`, its
-    figures in `attack[-<n>]/`); returns (report, the main attack's name, the markdown file written)."""
+    figures in `attack[-<n>]/`); returns (report, the main attack's name, the markdown file written).
+
+    `early_stop` (pixel mode): every PGD early-stops (`impl.attack.pgd(early_stop=True)`); the report says so."""
     from impl.attack import default_specs, evaluate_robustness, sweep_specs
     from impl.train import autocast
     from impl.viz import log_image_grids, save_attack_figures
 
-    main_spec = default_specs(mode, eps, steps, alpha)[0]  # a bad eps/alpha/steps is a ValueError naming it
-    specs = sweep_specs(mode, eps, steps, alpha) if sweep else default_specs(mode, eps, steps, alpha)
+    main_spec = default_specs(mode, eps, steps, alpha, early_stop)[0]  # bad settings: a ValueError naming them
+    specs = (sweep_specs if sweep else default_specs)(mode, eps, steps, alpha, early_stop=early_stop)
     classes = class_names or getattr(getattr(val_loader, "dataset", None), "classes", None)
     markdown, figure_dir = _claim_attack_names(run_dir)
     written: list[Path] = []
@@ -78,7 +86,10 @@ def robustness_report(
         markdown.unlink(missing_ok=True)
         raise
     units = "normalized units" if mode == "course" else "pixel units"
-    lines = [f"# Robustness ({mode} mode, {units}), {report.n} val images", "", report.to_markdown(), ""]
+    lines = [f"# Robustness ({mode} mode, {units}), {report.n} val images", ""]
+    if early_stop:
+        lines += [EARLY_STOP_NOTE, ""]
+    lines += [report.to_markdown(), ""]
     lines += [f"![{p.stem}]({figure_dir.name}/{p.name})" for p in written]
     markdown.write_text("\n".join(lines) + "\n")
     return report, main_spec.name, markdown
