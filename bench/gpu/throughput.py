@@ -2,6 +2,11 @@
 channels_last, bf16 autocast, optional torch.compile, metrics accumulated on the device (no host sync in the step
 loop). Target on one H200: >= 40 000 img/s, i.e. 60 epochs of 100 000 images in <= 5 minutes.
 
+What is timed is `miniplaces train`'s own path, not a copy of it: `impl.train.train_one_epoch` (the step function
+`fit` runs, with its course log reads every `print_freq` iterations), the optimizer and schedule of
+`impl.train.build_optimizer`/`build_scheduler`, the model prepared by `impl.train.prepare_model`, and the
+`impl.data.gpu.DeviceLoader` that `miniplaces train --device-data` feeds it from.
+
 The data are random uint8 images of MiniPlaces shape (default 100 000 × 3 × 128 × 128) generated on the device, so
 nothing but the code travels to the GPU machine; accuracy on them means nothing, images per second is the result.
 `--data ROOT` trains on a real MiniPlaces folder instead, through its decoded uint8 cache (impl.data.cache).
@@ -23,17 +28,15 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.device import bench_device
 from bench.interleaved import entry, env_int, raw_file, write
 from impl.conv import CustomConv2d
 from impl.data.batch_transforms import AugmentConfig
-from impl.data.cache import load_cache
-from impl.data.gpu import DeviceLoader
+from impl.data.gpu import DeviceLoader, cached_loader
 from impl.models import SimpleNet
-from impl.train import autocast
+from impl.train import TrainConfig, WarmupCosineLR, build_optimizer, build_scheduler, prepare_model, train_one_epoch
 
 TABLE = "gpu-throughput"
 TARGET_IMAGES_PER_S = 40_000
@@ -54,6 +57,7 @@ class ThroughputConfig:
     channels_last: bool = True
     conv: Literal["native", "custom"] = "native"
     lr: float = 0.1
+    print_freq: int = 10  # the course's -p: the step loop reads the device every print_freq iterations
     seed: int = 0
     data: str | None = None  # a MiniPlaces folder: train on its decoded cache (impl.data.cache) instead of random data
 
@@ -70,39 +74,51 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_epoch(
-    net: nn.Module, opt: torch.optim.Optimizer, loader: DeviceLoader, cfg: ThroughputConfig, device: torch.device
-) -> tuple[Tensor, Tensor, int]:
-    """One epoch of SGD steps; returns (summed loss, correct count) as device tensors and the images seen.
-
-    Nothing in here reads a value back to the host: the GPU runs ahead of Python for the whole epoch.
-    """
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for x, y in loader:
-        with autocast(device, cfg.amp):
-            logits = net(x)
-            loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum += loss.detach() * y.shape[0]
-        correct += (logits.argmax(1) == y).sum()
-        seen += y.shape[0]
-    return loss_sum, correct, seen
+def train_config(cfg: ThroughputConfig) -> TrainConfig:
+    """The `miniplaces train` configuration of this run (the course's defaults for everything it does not set)."""
+    return TrainConfig(
+        model_arch="simplenet",
+        epochs=cfg.warmup_epochs + cfg.epochs,
+        warmup=0,
+        batch_size=cfg.batch,
+        lr=cfg.lr,
+        workers=0,
+        print_freq=cfg.print_freq,
+        seed=cfg.seed,
+        amp=cfg.amp,
+        compile=cfg.compile,
+        channels_last=cfg.channels_last,
+        tensorboard=False,
+        plots=False,
+    )
 
 
-def train_epochs(
-    net: nn.Module, opt: torch.optim.Optimizer, loader: DeviceLoader, cfg: ThroughputConfig, device: torch.device
-) -> list[dict[str, float]]:
-    """Every epoch (warm-up first): seconds, images/s, mean loss and top-1 (%); one host sync per epoch."""
+@dataclass
+class Run:
+    """What `setup` builds: the training state of `fit`, without its run folder."""
+
+    net: nn.Module  # the module the step loop calls (channels_last, maybe compiled)
+    optimizer: torch.optim.Optimizer
+    scheduler: WarmupCosineLR
+    loader: DeviceLoader
+    train_cfg: TrainConfig
+
+
+def train_epoch(run: Run, epoch: int, device: torch.device) -> tuple[dict[str, float], int]:
+    """One epoch through `impl.train.train_one_epoch`; returns its metrics (loss, top1, top5) and the images seen."""
+    metrics = train_one_epoch(run.net, run.loader, run.optimizer, run.scheduler, epoch=epoch, cfg=run.train_cfg,
+                              device=device)  # fmt: skip
+    return metrics, len(run.loader) * run.loader.batch_size  # train batches are full (drop_last)
+
+
+def train_epochs(run: Run, cfg: ThroughputConfig, device: torch.device) -> list[dict[str, float]]:
+    """Every epoch (warm-up first): seconds, images/s, mean loss and top-1 (%)."""
     rows = []
     for epoch in range(cfg.warmup_epochs + cfg.epochs):
-        loader.set_epoch(epoch)
+        run.loader.set_epoch(epoch)
         _sync(device)
         t0 = time.perf_counter()
-        loss_sum, correct, seen = train_epoch(net, opt, loader, cfg, device)
+        metrics, seen = train_epoch(run, epoch, device)
         _sync(device)
         seconds = time.perf_counter() - t0
         rows.append(
@@ -111,8 +127,8 @@ def train_epochs(
                 "warmup": epoch < cfg.warmup_epochs,
                 "seconds": seconds,
                 "images_per_s": seen / seconds,
-                "loss": float(loss_sum) / seen,
-                "top1": 100 * float(correct) / seen,
+                "loss": metrics["loss"],
+                "top1": metrics["top1"],
             }
         )
     return rows
@@ -130,33 +146,34 @@ def loader_rate(loader: DeviceLoader, device: torch.device) -> float:
     return seen / (time.perf_counter() - t0)
 
 
-def setup(cfg: ThroughputConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer, DeviceLoader]:
-    """(model, optimizer, loader) of a run: synthetic uint8 data on the device, SimpleNet in the run's layout."""
+def setup(cfg: ThroughputConfig, device: torch.device) -> Run:
+    """The run's training state: synthetic uint8 data on the device (or `cfg.data`'s cache), SimpleNet, and what
+    `fit` would build around it for the same flags."""
+    augment = AugmentConfig(size=cfg.crop, resize=round(cfg.crop * 144 / 128))
     if cfg.data is None:
         images, labels = synthetic_uint8(cfg.n, cfg.size, device, cfg.seed)
+        loader = DeviceLoader(images, labels, cfg.batch, device=device, augment=augment, seed=cfg.seed,
+                              channels_last=cfg.channels_last)  # fmt: skip
     else:
-        images, labels = load_cache(cfg.data, "train", cfg.size, progress=True)
-    augment = AugmentConfig(size=cfg.crop, resize=round(cfg.crop * 144 / 128))
-    loader = DeviceLoader(images, labels, cfg.batch, device=device, augment=augment, seed=cfg.seed,
-                          channels_last=cfg.channels_last)  # fmt: skip
+        loader = cached_loader(cfg.data, "train", cfg.batch, device=device, augment=augment, seed=cfg.seed,
+                               channels_last=cfg.channels_last, size=cfg.size, progress=True)  # fmt: skip
+    train_cfg = train_config(cfg)
     torch.manual_seed(cfg.seed)
     model = SimpleNet(CustomConv2d if cfg.conv == "custom" else nn.Conv2d, num_classes=100).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    fused = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4, **fused)
-    return (torch.compile(model) if cfg.compile else model), opt, loader
+    optimizer = build_optimizer(model, train_cfg)
+    scheduler = build_scheduler(optimizer, train_cfg, len(loader))
+    return Run(prepare_model(model, train_cfg), optimizer, scheduler, loader, train_cfg)
 
 
 def run(cfg: ThroughputConfig, device: torch.device) -> dict[str, object]:
     """Generate the data, train, and return the summary (images/s, projected 60-epoch time) with every epoch's row."""
-    net, opt, loader = setup(cfg, device)
-    rows = train_epochs(net, opt, loader, cfg, device)
+    run_state = setup(cfg, device)
+    rows = train_epochs(run_state, cfg, device)
     timed = [r["images_per_s"] for r in rows if not r["warmup"]] or [rows[-1]["images_per_s"]]
     rate = statistics.median(timed)
     summary: dict[str, object] = {
         "images_per_s": rate,
-        "loader_images_per_s": loader_rate(loader, device),
+        "loader_images_per_s": loader_rate(run_state.loader, device),
         "projected_60_epochs_of_100k_s": 60 * 100_000 / rate,
         "target_images_per_s": TARGET_IMAGES_PER_S,
         "meets_target": rate >= TARGET_IMAGES_PER_S,
@@ -193,11 +210,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--amp", choices=["off", "bf16"], default=os.environ.get("GPU_TP_AMP", d.amp))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=bool(env_int("GPU_TP_COMPILE", 0)))
     p.add_argument("--conv", choices=["native", "custom"], default=os.environ.get("GPU_TP_CONV", d.conv))
+    p.add_argument("--print-freq", type=int, default=env_int("GPU_TP_PRINT_FREQ", d.print_freq),
+                   help="iterations between the step loop's reads of the device (the course's -p)")  # fmt: skip
     p.add_argument("--data", default=os.environ.get("GPU_TP_DATA"), help="MiniPlaces folder (default: random data)")
     args = p.parse_args(argv)
     cfg = ThroughputConfig(
         n=args.n, size=args.size, crop=args.crop, batch=args.batch, epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, amp=args.amp, compile=args.compile, conv=args.conv, data=args.data,
+        print_freq=args.print_freq,
     )  # fmt: skip
     summary = run(cfg, device)
     write(to_raw(summary, device), args.out)

@@ -3,6 +3,7 @@ no host round trip, no host sync. Spec: spec/data/test_device_loader.py.
 
     images, labels = load_cache(root, "train")                            # impl.data.cache: uint8, memory-mapped
     loader = DeviceLoader(images, labels, 256, device="cuda", train=True)  # uploads once (4.9 GB for MiniPlaces)
+    loader = cached_loader(root, "train", 256, device="cuda")             # the same two lines in one
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for x, y in loader: ...   # x: float32 (B, 3, 128, 128) normalized, channels_last; y: int64 (B,)
@@ -16,11 +17,13 @@ random numbers.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from impl.data.batch_transforms import AugmentConfig, train_batch, val_batch
+from impl.data.cache import load_cache
 
 
 class DeviceLoader:
@@ -84,3 +87,23 @@ class DeviceLoader:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
+
+
+def cached_loader(
+    root: str | Path,
+    split: str,
+    batch_size: int,
+    *,
+    device: torch.device | str,
+    augment: AugmentConfig | None = None,
+    seed: int = 0,
+    channels_last: bool = True,
+    size: int = 128,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> DeviceLoader:
+    """A MiniPlaces split as a DeviceLoader on `device`, read from its decoded uint8 cache (`impl.data.cache`, built
+    on first use): the course's augmentation for "train", val's resize and centre crop for "val"."""
+    images, labels = load_cache(root, split, size, cache_dir, progress)
+    return DeviceLoader(images, labels, batch_size, device=device, train=split == "train", augment=augment,
+                        seed=seed, channels_last=channels_last)  # fmt: skip

@@ -7,6 +7,7 @@ which examples it holds, whatever crop or resize the loader applied.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from torch import Tensor
 from bench.gpu.throughput import ThroughputConfig, run, setup, to_raw, train_epoch
 from impl.data import IMAGENET_MEAN, IMAGENET_STD
 from impl.data.batch_transforms import AugmentConfig, apply, sample_params, train_batch
-from impl.data.gpu import DeviceLoader
+from impl.data.gpu import DeviceLoader, cached_loader
+from impl.train import fit
+from spec.train.conftest import cuda_sync_errors
 
 MEAN, STD = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 STILL = AugmentConfig(size=16, resize=18, color_strength=0.0, degrees=0.0)  # crops and flips only: colours survive
@@ -122,14 +125,34 @@ def test_the_throughput_run_trains_and_reports_at_toy_size(one_thread):
     assert raw["machine_info"]["torch"] == torch.__version__
 
 
-def test_a_throughput_epoch_updates_the_model_and_counts_on_the_device(one_thread):
-    cfg = ThroughputConfig(n=32, size=16, crop=16, batch=16, epochs=1, amp="off")
-    net, opt, loader = setup(cfg, torch.device("cpu"))
-    before = [p.detach().clone() for p in net.parameters()]
-    loss_sum, correct, seen = train_epoch(net, opt, loader, cfg, torch.device("cpu"))
-    assert seen == 32 and loss_sum.dim() == 0 and correct.dtype == torch.long, (seen, loss_sum, correct)
-    moved = sum(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
-    assert moved == len(before), f"only {moved} of {len(before)} parameter tensors changed in an epoch"
+def test_a_throughput_epoch_is_an_epoch_of_fit_on_the_device_loader(one_thread):
+    """The benchmark times the training path itself: one of its epochs and one epoch of `impl.train.fit` on the same
+    DeviceLoader, from the same initial weights, end with bit-identical weights and the same metrics."""
+    cfg = ThroughputConfig(n=32, size=16, crop=16, batch=16, epochs=1, warmup_epochs=0, amp="off", print_freq=1)
+    cpu = torch.device("cpu")
+    bench = setup(cfg, cpu)
+    initial = {k: v.clone() for k, v in bench.net.state_dict().items()}
+    bench.loader.set_epoch(0)
+    metrics, seen = train_epoch(bench, 0, cpu)
+    engine = setup(cfg, cpu)  # same seed: same weights, same data
+    assert all(torch.equal(initial[k], v) for k, v in engine.net.state_dict().items())
+    result = fit(engine.net, engine.loader, engine.loader, engine.train_cfg, device=cpu)
+    moved = sum(not torch.equal(initial[k], v) for k, v in bench.net.state_dict().items())
+    assert seen == 32 and moved == len(initial), f"{seen} images; {moved} of {len(initial)} tensors changed"
+    diff = max((a - b).abs().max().item() for a, b in zip(bench.net.state_dict().values(),
+                                                          engine.net.state_dict().values(), strict=True))  # fmt: skip
+    assert diff == 0.0, f"the benchmark's epoch and fit's differ by max abs {diff:.3e}"
+    row = result.history[0]
+    assert (row["train_loss"], row["train_top1"]) == (metrics["loss"], metrics["top1"]), (row, metrics)
+
+
+def test_cached_loader_serves_a_split_from_its_uint8_cache(synthetic_root, tmp_path):
+    train = cached_loader(synthetic_root, "train", 8, device="cpu", cache_dir=tmp_path, size=32)
+    val = cached_loader(synthetic_root, "val", 5, device="cpu", cache_dir=tmp_path, size=32)
+    assert (train.train, val.train) == (True, False) and (len(train), len(val)) == (24 // 8, -(-12 // 5))
+    x, y = next(iter(val))
+    assert x.shape == (5, 3, 128, 128) and x.dtype == torch.float32 and y.dtype == torch.long
+    assert len(list(tmp_path.glob("*.images.npy"))) == 2, "one cache file per split"
 
 
 @pytest.mark.gpu
@@ -148,21 +171,18 @@ def test_cuda_batches_match_the_same_parameters_applied_on_cpu():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("amp", ["off", "bf16"])
-def test_cuda_training_epoch_makes_no_host_sync(amp):
-    """torch's sync debug mode raises on any implicit device-to-host synchronization inside the step loop."""
+def test_cuda_throughput_epoch_syncs_only_at_the_print_point_reads(amp, monkeypatch):
+    """torch's sync debug mode raises on any device-to-host synchronization in the benchmark's (= fit's) epoch except
+    the step loop's own reads: every -p 10 iterations and at the end."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     cuda = torch.device("cuda")
-    cfg = ThroughputConfig(n=1024, batch=256, epochs=1, amp=amp)
-    net, opt, loader = setup(cfg, cuda)
-    train_epoch(net, opt, loader, cfg, cuda)  # warm-up: lazy init may sync once
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        loss_sum, _, seen = train_epoch(net, opt, loader, cfg, cuda)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert seen == 1024 and torch.isfinite(loss_sum).item()
+    cfg = ThroughputConfig(n=4096, batch=256, epochs=1, amp=amp)  # 16 iterations
+    state = setup(cfg, cuda)
+    train_epoch(state, 0, cuda)  # warm-up: lazy init (cuDNN, cuBLAS handles) may sync once
+    with cuda_sync_errors(monkeypatch) as reads:
+        metrics, seen = train_epoch(state, 1, cuda)
+    assert seen == 4096 and len(reads) <= 2 + 2 and math.isfinite(metrics["loss"]), (seen, reads, metrics)
 
 
 def _gpu_sh(out: Path, **env: str) -> subprocess.CompletedProcess:
@@ -177,6 +197,22 @@ def test_the_gpu_script_runs_the_chosen_stages_and_logs_them(tmp_path):
     log = (tmp_path / "ok" / "gpu.log").read_text()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "=== env: exit 0" in log and "torch" in log and "=== spec" not in log, log
+
+
+def test_the_gpu_script_on_cpu_runs_the_throughput_stage_at_toy_size_by_default(tmp_path):
+    """BENCH_DEVICE=cpu alone selects the toy sizes (no GPU_SH_SMALL needed) and the benchmark suites only collect;
+    the throughput stage then writes its raw file, whose config is what the script's variables asked for."""
+    import json
+
+    env = {"BENCH_DEVICE": "cpu", "GPU_SH_STAGES": "throughput", "GPU_TP_N": "32", "GPU_TP_SIZE": "16",
+           "GPU_TP_CROP": "16", "GPU_TP_BATCH": "16", "GPU_TP_WARMUP": "0", "GPU_TP_PRINT_FREQ": "1"}  # fmt: skip
+    done = _gpu_sh(tmp_path / "cpu", PYTHON=sys.executable, **env)
+    log = (tmp_path / "cpu" / "gpu.log").read_text()
+    assert done.returncode == 0 and "=== throughput: exit 0" in log, log
+    raw = json.loads((tmp_path / "cpu" / "cpu-throughput.json").read_text())
+    config, epochs = raw["machine_info"]["config"], raw["machine_info"]["epochs"]
+    assert (config["n"], config["batch"], config["amp"], config["print_freq"]) == (32, 16, "off", 1), config
+    assert [e["warmup"] for e in epochs] == [False], epochs
 
 
 def test_the_gpu_script_runs_every_stage_and_fails_if_one_failed(tmp_path):

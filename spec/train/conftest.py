@@ -1,9 +1,11 @@
 """Small, fast training setups for the engine spec: tensor datasets and BatchNorm-free nets (so DDP can equal one
-process exactly)."""
+process exactly), and `cuda_sync_errors`, which turns any CUDA synchronization outside the step loop's reads into an
+error."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -78,3 +80,30 @@ def quiet_config(**overrides) -> TrainConfig:
         model_arch="tiny",
     )
     return TrainConfig(**(base | overrides))
+
+
+@contextmanager
+def cuda_sync_errors(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Sync debug mode "error" inside the block, except in `impl.train._host` (the print-point and end-of-epoch
+    reads, whose sizes it appends to the list it yields)."""
+    from impl import train as engine
+
+    reads: list[int] = []
+    real = engine._host
+
+    def allowed(values: Tensor) -> list[float]:
+        reads.append(values.numel())
+        torch.cuda.set_sync_debug_mode("default")
+        try:
+            return real(values)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+
+    monkeypatch.setattr(engine, "_host", allowed)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield reads
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        monkeypatch.setattr(engine, "_host", real)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -28,7 +26,7 @@ from impl.train import (
     make_train_loader,
     train_one_epoch,
 )
-from spec.train.conftest import NoisyDataset, quiet_config, tensor_dataset, tiny_net
+from spec.train.conftest import NoisyDataset, cuda_sync_errors, quiet_config, tensor_dataset, tiny_net
 
 CPU = torch.device("cpu")
 # every way a tensor's value reaches Python: each one is a device-to-host copy, and a sync, on CUDA
@@ -150,31 +148,6 @@ def test_a_nan_after_the_last_print_point_is_caught_before_the_epoch_ends(tmp_pa
 # CUDA: torch's sync debug mode turns any synchronization into an error
 
 
-@contextmanager
-def _sync_errors(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Sync debug mode "error" inside the block, except in `impl.train._host` (the print-point and end-of-epoch
-    reads, whose sizes it appends to the list it yields)."""
-    reads: list[int] = []
-    real = engine._host
-
-    def allowed(values: Tensor) -> list[float]:
-        reads.append(values.numel())
-        torch.cuda.set_sync_debug_mode("default")
-        try:
-            return real(values)
-        finally:
-            torch.cuda.set_sync_debug_mode("error")
-
-    monkeypatch.setattr(engine, "_host", allowed)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield reads
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-        monkeypatch.setattr(engine, "_host", real)
-
-
 def _cuda_loaders(kind: str, cfg, n: int):
     from impl.data.gpu import DeviceLoader
 
@@ -205,7 +178,7 @@ def test_cuda_epoch_and_evaluation_sync_only_at_the_reads(amp, loader_kind, monk
     scheduler = build_scheduler(optimizer, cfg, len(train))
     train_one_epoch(net, train, optimizer, scheduler, epoch=0, cfg=cfg, device=cuda)  # warm-up: lazy init may sync
     evaluate(model, val, device=cuda, amp=amp)
-    with _sync_errors(monkeypatch) as reads:
+    with cuda_sync_errors(monkeypatch) as reads:
         metrics = train_one_epoch(net, train, optimizer, scheduler, epoch=1, cfg=cfg, device=cuda)
         epoch_reads = len(reads)
         evaluate(model, val, device=cuda, amp=amp, print_freq=5)
