@@ -5,11 +5,14 @@ memory (`impl.data.render`, the demo's classes) at `--size` px; no augmentation.
 to how soon examples are fooled, so an untrained model (mostly wrong from the start) would flatter it: the report
 states the model's clean accuracy beside the times. Timed side by side (bench/interleaved.py): clean forward,
 PGD-k + forward, early-stopped PGD-k + forward, on the same validation batch. Accuracies come from the same runs.
+`attacked_fraction`: the images the attack's forwards saw over steps × batch, what early stopping can save at most.
 
     python -m bench.attack.early_stop [--out reports/raw/cpu-attack-early-stop.json]   # BENCH_DEVICE, env vars below
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +61,18 @@ def train(device: torch.device, size: int, steps: int, batch: int = 32) -> nn.Mo
     return net.eval()
 
 
+def attacked_fraction(net: nn.Module, run: Callable[[], object], batch: int, steps: int) -> float:
+    """Images the attack's forwards saw over `steps` × `batch`: what early stopping can save at most (its time
+    against the full run's, less the one final forward both make)."""
+    seen: list[int] = []
+    hook = net.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return sum(seen) / (steps * batch)
+
+
 def main(argv: list[str] | None = None) -> None:
     device = bench_device()
     parser = bench_parser(__doc__, device, TABLE, "ATTACK_ES", rounds=7)
@@ -86,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     times = interleave({name: evaluate(early) for name, early in names.items()}, args.rounds, device, clock=clock)
     ms = median_ms(times)
     top1 = {name: evaluate(early)() for name, early in names.items()}
+    fractions = {name: attacked_fraction(net, lambda e=early: attacked(e), x.shape[0], args.steps)
+                 for name, early in names.items() if early is not None}  # fmt: skip
     full = f"pgd-{args.steps}"
     case = f"simplenet(10) trained {args.train_steps} steps, b{x.shape[0]} {args.size}px"
     records = [
@@ -97,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             name == "clean",
             top1=top1[name],
             ratio_vs_full_pgd=ms[name] / ms[full] if name != "clean" else None,
+            attacked_fraction=fractions.get(name),
         )  # fmt: skip
         for name in names
     ]
