@@ -246,6 +246,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="mixed precision autocast (bare --amp means bf16; fp16 needs CUDA)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--channels-last", action="store_true", help="weights and batches in channels_last (NHWC) memory")
+    p.add_argument(
+        "--data-on-device",
+        action="store_true",
+        help="train and validate from the decoded uint8 cache of each split held whole on the device, augmented in "
+        "batches there (impl.data.gpu; no -j workers); the first run decodes the cache",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        type=Path,
+        metavar="DIR",
+        help="with --data-on-device: the uint8 caches' folder (default: $MINIPLACES_CACHE or ~/.cache/miniplaces-lab)",
+    )
     p.add_argument("--seed", default=2022, type=int, help="random seed (default: the course's 2022)")
     p.add_argument(
         "--out",
@@ -332,6 +346,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise UsageError("-v/--vis works with -e or -a only")
     if args.adv_train and (args.evaluate or args.attack):
         raise UsageError("--adv-train trains; it does not combine with -e or -a")
+    _check_device_data_args(args)
     if args.attack_steps < 1 or (args.attack_batches is not None and args.attack_batches < 1):
         got = f"{args.attack_steps}, {args.attack_batches}"
         raise UsageError(f"--attack-steps and --attack-batches must be >= 1, got {got}")
@@ -354,6 +369,30 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise UsageError("--weights applies to resnet18 only: add --model resnet18 (or --use-resnet18)")
     if not args.data_folder.is_dir():
         raise UsageError(f"dataset folder {args.data_folder} does not exist (make one with `miniplaces synth ROOT`)")
+
+
+def _check_device_data_args(args: argparse.Namespace) -> None:
+    """--data-on-device trains one process from the caches; --cache-dir only means something with it."""
+    if args.cache_dir is not None and not args.data_on_device:
+        raise UsageError("--cache-dir applies to --data-on-device only")
+    if args.data_on_device and (args.evaluate or args.attack):
+        raise UsageError("--data-on-device trains; -e and -a evaluate through the course's loader: drop one")
+    if args.data_on_device and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--data-on-device runs in one process: under torchrun every rank would train on the whole set")
+
+
+def _device_loaders(args: argparse.Namespace, cfg: TrainConfig, device: torch.device) -> Any:
+    """(train, val) DeviceLoaders of --data-on-device, from each split's uint8 cache (decoded on first use)."""
+    from impl.data.gpu import cached_loader
+    from impl.train import ConfigError
+
+    kwargs = {"device": device, "seed": cfg.seed, "channels_last": cfg.channels_last, "cache_dir": args.cache_dir,
+              "progress": args.progress}  # fmt: skip
+    train = cached_loader(args.data_folder, "train", cfg.batch_size, **kwargs)
+    if len(train) == 0:
+        n = train.images.shape[0]
+        raise ConfigError("batch_size", f"at most the training split's {n} images", cfg.batch_size)
+    return train, cached_loader(args.data_folder, "val", cfg.val_batch_size, **kwargs)
 
 
 def _model_name(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> str:
@@ -439,6 +478,7 @@ def _train_config(args: argparse.Namespace, model_arch: str) -> TrainConfig:
             seed=args.seed,
             amp=args.amp,
             compile=args.compile,
+            channels_last=args.channels_last,
         )
     except ConfigError as exc:
         raise UsageError(name_flags(str(exc))) from exc
@@ -561,14 +601,18 @@ def train_command(args: argparse.Namespace) -> tuple[int, Path | None]:
         train_set = MiniPlaces(args.data_folder, "train", transform=train_transform())
         if train_set.num_classes != val_set.num_classes:
             raise UsageError(f"train has {train_set.num_classes} classes but val has {val_set.num_classes}")
-        train_loader = make_train_loader(train_set, cfg, info=info, pin_memory=pin)
+        if args.data_on_device:
+            train_loader, val_loader = _device_loaders(args, cfg, device)
+        else:
+            train_loader = make_train_loader(train_set, cfg, info=info, pin_memory=pin)
         adversarial = _adversarial_training(args, val_set, cfg, device, info, pin)
         if adversarial is not None:
             cfg = dataclasses.replace(cfg, best_metric=adversarial.best_metric)
         run_dir = _run_dir_for(args, model_arch)
         if info.is_main:
             log.info("run folder: %s", run_dir)
-            log.info("Training time data augmentations:\n%s", train_set.transform)
+            augment = f"on {device}, in batches: {train_loader.augment}" if args.data_on_device else train_set.transform
+            log.info("Training time data augmentations:\n%s", augment)
         with _progress_logging(args.progress):
             result = fit(
                 model,

@@ -459,8 +459,8 @@ def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
 
 
 def _state_like_params(optimizer: Optimizer) -> None:
-    """Give each optimizer buffer shaped like its parameter the parameter's memory layout (a checkpoint stores them
-    contiguous; the fused kernels and foreach's fast path want them laid out alike)."""
+    """Give each optimizer buffer shaped like its parameter the parameter's memory layout: an NCHW run's checkpoint
+    resumed with channels_last holds NCHW buffers, and the fused kernels and foreach's fast path want them alike."""
     for param, state in optimizer.state.items():
         for key, value in state.items():
             if isinstance(value, Tensor) and value.shape == param.shape and value.stride() != param.stride():
@@ -1021,7 +1021,7 @@ def _fit(
     resumed_from = Path(resume) if resume is not None else None  # the last good state until an epoch here completes
 
     net = prepare_model(model, cfg)
-    _state_like_params(optimizer)  # a resumed optimizer's buffers follow the weights into channels_last
+    _state_like_params(optimizer)  # a resumed optimizer's buffers follow the weights' layout
     if info.world_size > 1:
         if cfg.sync_bn:
             from impl.sync_bn import convert_sync_batchnorm

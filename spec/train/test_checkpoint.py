@@ -273,3 +273,35 @@ def test_divergence_right_after_a_resume_from_elsewhere_names_the_resumed_file(t
     with pytest.raises(TrainingDiverged) as info:
         _run(cfg, run_dir=tmp_path / "new", resume=path, train_set=data)
     assert f"the last good checkpoint is {path}" in str(info.value), str(info.value)
+
+
+def test_a_channels_last_resume_is_bit_identical_to_the_straight_run(tmp_path):
+    cfg = quiet_config(epochs=2, channels_last=True)
+    straight, _ = _run(cfg, run_dir=tmp_path / "straight")
+    path = _stopped_after_one_epoch(cfg, tmp_path / "stopped")
+    resumed, result = _run(cfg, run_dir=tmp_path / "stopped", resume=path, model=tiny_net(seed=5))
+    diff = _max_diff(straight.state_dict(), resumed.state_dict())
+    assert diff == 0.0 and [r["epoch"] for r in result.history] == [1, 2], f"max abs {diff:.3e}"
+    assert resumed[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_resuming_an_nchw_checkpoint_with_channels_last_lays_the_momentum_out_like_the_weights(tmp_path, monkeypatch):
+    """An NCHW run's checkpoint holds NCHW momentum buffers; resumed with --channels-last they take the weights'
+    layout (what the fused and foreach fast paths expect), and training goes on as the NCHW run would."""
+    from impl import train as engine
+
+    nchw = quiet_config(epochs=2)
+    straight, _ = _run(nchw, run_dir=tmp_path / "straight")
+    path = _stopped_after_one_epoch(nchw, tmp_path / "stopped")
+    layouts, real = [], engine.train_one_epoch
+
+    def spy(net, loader, optimizer, scheduler, **kw):
+        layouts.extend((p.stride(), s["momentum_buffer"].stride()) for p, s in optimizer.state.items() if p.ndim == 4)
+        return real(net, loader, optimizer, scheduler, **kw)
+
+    monkeypatch.setattr(engine, "train_one_epoch", spy)
+    resumed, _ = _run(dataclasses.replace(nchw, channels_last=True), run_dir=tmp_path / "stopped", resume=path)
+    assert len(layouts) == 2 and all(a == b for a, b in layouts), f"(weight, momentum) strides: {layouts}"
+    assert resumed[0].weight.is_contiguous(memory_format=torch.channels_last)
+    diff = _max_diff(straight.state_dict(), resumed.state_dict())
+    assert diff < 1e-5, f"the channels_last second epoch differs from the NCHW one by {diff:.3e}"

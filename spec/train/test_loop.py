@@ -186,3 +186,15 @@ def test_training_on_cuda_with_autocast_saves_a_checkpoint_that_loads_on_cpu(amp
     cpu_model.load_state_dict(ckpt["state_dict"])
     assert all(v.device.type == "cpu" for v in ckpt["state_dict"].values())
     assert ("scaler" in ckpt) == (amp == "fp16")
+
+
+def test_channels_last_trains_the_model_the_default_layout_trains():
+    """--channels-last changes memory order only: two epochs give the default layout's weights up to float rounding,
+    and the weights stay channels_last."""
+    data = tensor_dataset(64)
+    nchw, nhwc = tiny_net(), tiny_net()
+    _fit(nchw, data, quiet_config(epochs=2))
+    _fit(nhwc, data, quiet_config(epochs=2, channels_last=True))
+    err = max((nchw.state_dict()[k] - v).abs().max().item() for k, v in nhwc.state_dict().items())
+    assert err < 1e-5, f"channels_last and NCHW training differ by {err:.3e}"
+    assert nhwc[0].weight.is_contiguous(memory_format=torch.channels_last) and not nhwc[0].weight.is_contiguous()
