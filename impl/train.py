@@ -458,6 +458,21 @@ def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     return torch.compile(model) if cfg.compile else model
 
 
+@contextmanager
+def cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """cuDNN's benchmark mode inside the block on CUDA, as the course's main.py sets it for training (batch shapes
+    repeat, so the fastest algorithm is timed once per shape); the previous setting comes back after."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def _state_like_params(optimizer: Optimizer) -> None:
     """Give each optimizer buffer shaped like its parameter the parameter's memory layout: an NCHW run's checkpoint
     resumed with channels_last holds NCHW buffers, and the fused kernels and foreach's fast path want them alike."""
@@ -959,7 +974,8 @@ def fit(
     nothing); rank 0 holds its lock (`lock_run_folder`) throughout and first removes temporaries a kill left there.
     `resume` continues from a checkpoint (its epoch count, weights, optimizer, scheduler and best score); without
     it, `start_epoch` epochs count as done (the course's `--start-epoch`: numbering and schedule start there). A
-    resumed run that is already complete trains nothing and writes nothing. The model must already be on `device`;
+    resumed run that is already complete trains nothing and writes nothing. On CUDA cuDNN autotunes its convolutions
+    meanwhile (`cudnn_autotune`, as the course does). The model must already be on `device`;
     under an initialized process group it is wrapped in DDP here. Ctrl-C raises `TrainingInterrupted` naming the
     last committed checkpoint.
     """
@@ -967,6 +983,7 @@ def fit(
         raise ValueError(f"start_epoch must be in [0, epochs={cfg.epochs}], got {start_epoch}")
     result = FitResult(start_epoch=start_epoch)
     with ExitStack() as stack:
+        stack.enter_context(cudnn_autotune(device))
         if run_dir is not None and dist_info().is_main:
             stack.enter_context(lock_run_folder(run_dir))
             remove_stale_temporaries(run_dir)

@@ -36,7 +36,15 @@ from impl.conv import CustomConv2d
 from impl.data.batch_transforms import AugmentConfig
 from impl.data.gpu import DeviceLoader, cached_loader
 from impl.models import SimpleNet
-from impl.train import TrainConfig, WarmupCosineLR, build_optimizer, build_scheduler, prepare_model, train_one_epoch
+from impl.train import (
+    TrainConfig,
+    WarmupCosineLR,
+    build_optimizer,
+    build_scheduler,
+    cudnn_autotune,
+    prepare_model,
+    train_one_epoch,
+)
 
 TABLE = "gpu-throughput"
 TARGET_IMAGES_PER_S = 40_000
@@ -168,7 +176,8 @@ def setup(cfg: ThroughputConfig, device: torch.device) -> Run:
 def run(cfg: ThroughputConfig, device: torch.device) -> dict[str, object]:
     """Generate the data, train, and return the summary (images/s, projected 60-epoch time) with every epoch's row."""
     run_state = setup(cfg, device)
-    rows = train_epochs(run_state, cfg, device)
+    with cudnn_autotune(device):  # as fit does
+        rows = train_epochs(run_state, cfg, device)
     timed = [r["images_per_s"] for r in rows if not r["warmup"]] or [rows[-1]["images_per_s"]]
     rate = statistics.median(timed)
     summary: dict[str, object] = {

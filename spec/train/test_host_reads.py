@@ -187,15 +187,22 @@ def test_cuda_epoch_and_evaluation_sync_only_at_the_reads(amp, loader_kind, monk
 
 
 @pytest.mark.gpu
-def test_cuda_fit_with_the_device_loader_and_channels_last_writes_a_loadable_checkpoint(tmp_path):
+def test_cuda_fit_with_the_device_loader_autotunes_cudnn_and_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
+    """fit on the GPU path (DeviceLoader, channels_last, bf16): cuDNN's benchmark mode is on while it trains, as the
+    course sets it, and off again after; the checkpoint loads into a CPU model."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     cuda = torch.device("cuda")
     cfg = quiet_config(epochs=2, batch_size=16, amp="bf16", channels_last=True)
     train, val = _cuda_loaders("device", cfg, 128)
-    result = fit(tiny_net().to(cuda), train, val, cfg, device=cuda, run_dir=tmp_path)
-    assert [r["epoch"] for r in result.history] == [1, 2] and all(
-        math.isfinite(r["train_loss"]) for r in result.history
+    modes, real = [], engine.train_one_epoch
+    monkeypatch.setattr(
+        engine, "train_one_epoch", lambda *a, **k: modes.append(torch.backends.cudnn.benchmark) or real(*a, **k)
     )
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    result = fit(tiny_net().to(cuda), train, val, cfg, device=cuda, run_dir=tmp_path)
+    assert modes == [True, True] and torch.backends.cudnn.benchmark is False, modes
+    losses = [r["train_loss"] for r in result.history]
+    assert len(losses) == 2 and all(map(math.isfinite, losses)), result.history
     ckpt = load_checkpoint(tmp_path / "models" / CHECKPOINT_NAME)
     tiny_net().load_state_dict(ckpt["state_dict"])

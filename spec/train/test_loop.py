@@ -198,3 +198,16 @@ def test_channels_last_trains_the_model_the_default_layout_trains():
     err = max((nchw.state_dict()[k] - v).abs().max().item() for k, v in nhwc.state_dict().items())
     assert err < 1e-5, f"channels_last and NCHW training differ by {err:.3e}"
     assert nhwc[0].weight.is_contiguous(memory_format=torch.channels_last) and not nhwc[0].weight.is_contiguous()
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_cudnn_autotune_is_on_inside_the_block_on_cuda_only_and_restored_after(before, monkeypatch):
+    from impl.train import cudnn_autotune
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", before)
+    with cudnn_autotune(torch.device("cpu")):
+        assert torch.backends.cudnn.benchmark is before, "CPU training must leave cuDNN's setting alone"
+    with pytest.raises(RuntimeError, match="inside"), cudnn_autotune(torch.device("cuda")):  # the flag needs no GPU
+        assert torch.backends.cudnn.benchmark is True
+        raise RuntimeError("inside")
+    assert torch.backends.cudnn.benchmark is before, "the setting before the block must come back, even on an error"
