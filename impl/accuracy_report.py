@@ -227,7 +227,7 @@ def render(results: Sequence[Mapping[str, Any]]) -> str:
             continue
         out += [main_table(chosen).to_markdown(index=False, disable_numparse=True), ""]
         for kind, rows, heading in (
-            ("attack", SWEEP, "Course PGD on the SimpleNet (normalized ε 0.1, α 0.01; sweeps)"),
+            ("attack", SWEEP, "Course PGD on the SimpleNet (normalized ε 0.1, α 0.01; the ε rows take α = ε/10)"),
             ("adversarial", ADVERSARIAL, "Adversarial training PGD-3 (pixel ε 8/255): robustness, pixel-mode PGD"),
         ):
             table = sweep_table(chosen, kind, rows)

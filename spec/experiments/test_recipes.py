@@ -143,6 +143,23 @@ def test_full_scale_refuses_a_subset_by_its_size(tmp_path) -> None:
         prepare_data(source, DataSpec(min_train_images=100_000), tmp_path / "x")
 
 
+def test_the_course_sweeps_eps_rows_can_reach_their_edge() -> None:
+    """With α fixed at the course's 0.01, ten steps never leave the ε 0.1 ball, so the ε × 1½ row would repeat the
+    course's attack; the sweep scales α with ε so that each PGD-10 row spans its own ball, and keeps the course's
+    PGD-5/10/20 at α 0.01 (PGD-5 reaches half the ball, as in the seed)."""
+    specs = experiments.course_sweep_specs()
+    names = [s.name for s in specs]
+    assert len(set(names)) == len(names), names
+    pgd10 = sorted((round(s.eps, 9), round(s.step_size, 9)) for s in specs if s.kind == "pgd" and s.steps == 10)
+    assert pgd10 == [(0.05, 0.005), (0.1, 0.01), (0.15, 0.015), (1.0, 0.25)], pgd10  # the last: the chance probe
+    steps = sorted((s.steps, s.step_size, s.reaches_edge) for s in specs if s.kind == "pgd" and s.eps == 0.1)
+    assert steps == [(5, 0.01, False), (10, 0.01, True), (20, 0.01, True)], steps
+    assert all(s.reaches_edge for s in specs if s.kind == "pgd" and s.steps == 10), "an ε row cannot reach its edge"
+    assert {(s.kind, round(s.eps, 9)) for s in specs if s.kind != "pgd"} == {
+        (k, e) for k in ("fgsm", "noise") for e in (0.05, 0.1, 0.15)
+    }, "FGSM and noise baselines at every ε"
+
+
 def test_curve_difference_reports_epoch_one_and_the_largest_gaps() -> None:
     a = [{"train_loss": 2.0, "val_loss": 1.0}, {"train_loss": 1.5, "val_loss": 0.8}]
     b = [{"train_loss": 2.0, "val_loss": 1.01}, {"train_loss": 1.47, "val_loss": 0.8}]

@@ -22,16 +22,21 @@ from impl.experiments import EXPERIMENTS, RAW_DIR, Experiment, Scale, default_da
 pytestmark = pytest.mark.training
 
 # Course PGD starts at the clean image (no random start) and fixes its target, so PGD-20 continues PGD-10; accuracy on
-# the true label is still not monotone by construction, so a sweep may rise by at most 1 point (2 of 200 images).
+# the true label is still not monotone by construction, so a sweep may rise by at most 1 point (5 of 500 images).
 SWEEP_SLACK = 1.0
 # The custom convolution sums in another order than oneDNN. After one epoch the losses agree to 1e-5 (measured:
-# identical to 4 decimals); SGD then amplifies the float32 rounding step by step (measured over the 6 reduced epochs:
-# train loss within 1.5 %, val loss within 3.7 %, the val loss swinging most near the learning-rate peak).
+# identical to 4 decimals); SGD then amplifies the float32 rounding step by step (measured over the 12 reduced epochs:
+# train loss within 1.3 %, val loss within 1.9 %; over 6 epochs 1.5 % and 3.7 %, the val loss swinging most near the
+# learning-rate peak).
 CURVE_TOLERANCE = {"epoch1_loss_rel_diff": 1e-3, "train_loss_rel_diff": 0.03, "val_loss_rel_diff": 0.06}
-# At full scale the course's PGD-10 must cost at least this many top-1 points (the seed: 43.75 -> 14.89).
-PGD_DROP = 10.0
+# Top-1 points the course's PGD-10 and the stronger attacks of its sweeps (PGD-20, PGD-10 at ε × 1½) must cost. Full
+# scale: the seed's 43.75 -> 14.89. Reduced: measured on the 12-epoch SimpleNet's first 500 val images, clean 34.2 %,
+# PGD-10 27.4, PGD-20 25.6, ε × 1½ 20.2; the floor is about half the PGD-10 drop. The weak rows (PGD-5, ε × ½: half the
+# course's movement) sit at clean (measured 34.4, 34.4): the least-confident target is out of their reach, and pushing
+# toward it lowers the top class, which is as often a wrong one as the true one; they may exceed clean by SWEEP_SLACK.
+PGD_DROP = {"full": 10.0, "reduced": 3.5}
 # The course's normalized ε; the chance probe (ε 1.0, same target) must reach its least-confident target on at least
-# this % of the images (measured at the reduced scale: 89.5 %; an attack that does nothing: 0 %).
+# this % of the images (measured at the reduced scale: 95 %; an attack that does nothing: 0 %).
 EPS_COURSE = 0.1
 PROBE_TARGET_HIT = 50.0
 # PGD-10 (pixel, ε 8/255) accuracy the adversarially trained SimpleNet must keep above the natural one's, in points.
@@ -59,20 +64,19 @@ def check_claims(exp: Experiment, scale: Scale, result: Mapping[str, Any]) -> No
     """What each kind of experiment must show besides its floors."""
     m = result["metrics"]
     if exp.kind == "attack":
-        clean, pgd = m["clean_top1"], m["top1"]
+        clean = m["clean_top1"]
         rows = {str(r["attack"]): r for r in result["robustness"]}
-        if scale == "full":
-            ceiling = clean - PGD_DROP
-            assert pgd <= ceiling, f"PGD-10 top-1 {pgd:.2f} % above {ceiling:.2f} % (clean {clean:.2f} %, full scale)"
-        # The reduced scale does not show the seed's drop: the course's PGD-10 leaves the 64 px, 10-class SimpleNet at
-        # its clean accuracy (31.5 % before and after, 0 % target hits; its least-confident target is out of reach at
-        # ε 0.1), which an attack that returns its input unchanged would match. What an identity attack fails, and
-        # is asserted here: the course's PGD-10 moves pixels by at least half its budget, and the same attack with
-        # ε 1.0 (the chance probe) reaches its least-confident target and costs at least 10 points.
+        # an attack that returns its input fails first: the course's PGD-10 moves pixels by half its budget at least
         course = rows[f"pgd-10 eps={EPS_COURSE:g}"]
         budget_px = EPS_COURSE * min(IMAGENET_STD)  # normalized ε in pixel units, the smallest channel's
         moved = course["max |δ|∞ (pixel)"]
         assert moved >= 0.5 * budget_px, f"the course's PGD-10 moved pixels by {moved:.4g}, budget {budget_px:.4g}"
+        ceiling = clean - PGD_DROP[scale]
+        strong = {"PGD-10": m["top1"], "PGD-20": m["steps20_top1"], "PGD-10 at eps x1.5": m["eps_hi_top1"]}
+        for name, top1 in strong.items() if scale == "reduced" else [("PGD-10", m["top1"])]:
+            assert top1 <= ceiling, f"{name} top-1 {top1:.2f} % above {ceiling:.2f} % (clean {clean:.2f} %, {scale})"
+        for name, top1 in (("PGD-5", m["steps5_top1"]), ("PGD-10 at eps x0.5", m["eps_lo_top1"])):
+            assert top1 <= clean + SWEEP_SLACK, f"{name} top-1 {top1:.2f} % rises above clean {clean:.2f} %"
         probe = next(r for name, r in rows.items() if "chance probe" in name)
         assert probe["top1 (%)"] <= clean - 10, f"the ε 1.0 probe leaves {probe['top1 (%)']:.2f} % (clean {clean:.2f})"
         hit = probe["least-confident target hit (%)"]
@@ -117,8 +121,9 @@ def test_full_experiment_reaches_the_seed(exp: Experiment, tmp_path_factory: pyt
 
 
 def test_the_attack_claims_reject_an_attack_that_does_nothing() -> None:
-    """The reduced course-PGD record with every PGD row replaced by what an identity attack records (no movement, clean
-    accuracy, no target hit) fails check_claims, and the recorded run passes it: the reduced claims have teeth."""
+    """The recorded reduced course-PGD run passes check_claims; the same record with every PGD row replaced by what an
+    identity attack records (no movement, clean accuracy, no target hit) fails it, and so does one whose attack moves
+    pixels but leaves top-1 at clean (what the 6-epoch SimpleNet recorded): the reduced claims have teeth."""
     import copy
     import json
 
@@ -128,13 +133,14 @@ def test_the_attack_claims_reject_an_attack_that_does_nothing() -> None:
     recorded = json.loads(path.read_text())
     exp = next(e for e in EXPERIMENTS if e.name == "pgd-course")
     check_claims(exp, "reduced", recorded)
-    identity = copy.deepcopy(recorded)
     clean = recorded["metrics"]["clean_top1"]
+    flat = copy.deepcopy(recorded)
+    flat["metrics"].update({k: clean for k in ("top1", "steps5_top1", "steps20_top1", "eps_lo_top1", "eps_hi_top1")})
+    with pytest.raises(AssertionError, match="PGD-10 top-1 .* above"):
+        check_claims(exp, "reduced", flat)
+    identity = copy.deepcopy(flat)
     for row in identity["robustness"]:
         if str(row["attack"]).startswith("pgd"):
             row.update({"max |δ|∞ (pixel)": 0.0, "top1 (%)": clean, "least-confident target hit (%)": 0.0})
-    identity["metrics"].update(
-        {k: clean for k in ("top1", "steps5_top1", "steps20_top1", "eps_lo_top1", "eps_hi_top1")}
-    )
     with pytest.raises(AssertionError, match="moved pixels by 0"):
         check_claims(exp, "reduced", identity)
