@@ -84,6 +84,8 @@ def test_cuda_memory_columns_see_a_64_mib_tensor() -> None:
 
     from bench.device import cuda_memory_mib
 
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
     device = torch.device("cuda")
     held: list[torch.Tensor] = []
     mem = cuda_memory_mib(lambda: held.append(torch.ones(2**24, device=device)), device)
