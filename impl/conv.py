@@ -5,34 +5,31 @@ Two exact algorithms, chosen by one switch, `algorithm`:
 - ``"unfold"`` — the seed's: im2col with ``F.unfold``, one GEMM with the flattened weight; backward computes
   Wᵀ·dY and folds it back (``F.fold``), and dW = Σ_n dY·colsᵀ. It saves the columns, K_h·K_w times the input.
 - ``"fast"`` (default of :class:`CustomConv2d`) — saves only the input and the weight (what the native convolution
-  saves) and works in the input's own layout. On channels-last input an activation is a (rows, C) matrix:
+  saves), keeps the input's layout, and runs every GEMM through :func:`gemm`, whose one switch ``GEMM`` picks
+  oneDNN's matmul (``"onednn"``, the default on CPU for float32/bfloat16) or torch.mm (``"blas"``; also CUDA and
+  float64). On this AMD CPU torch.mm is MKL's sgemm, 2-3x slower than oneDNN on these shapes, which is most of what
+  the earlier GEMM-based versions lost against ``F.conv2d``. oneDNN's matmul wants its first operand contiguous with
+  K along rows (it copies a strided one) and takes the second with any 2-D strides, so every GEMM is oriented so:
 
-  * stride 1 (every SimpleNet layer but the stem) needs no im2col. Flatten the padded input to rows
-    r = (n·Hp + h)·Wp + w: kernel tap (a, b) of output row r reads input row r + a·Wp + b, so a tap is one GEMM of
-    a contiguous row slice with the tap's (C, C_out) weight, accumulated into an output laid out on the padded grid;
-    one copy keeps each sample's Ho×Wo window. grad_input is the adjoint (dY on the same grid, each tap adds
-    dY·W_ab at rows r + offset, the padding is cut); grad_weight takes a kernel row at a time against the input
-    widened to Kw·C columns (a Kw-fold copy, in batch chunks), Kh GEMMs with Kw·C outputs instead of K² thin ones.
-    The grid costs (Hp·Wp)/(Ho·Wo) more GEMM rows (1.13× at 32², 1.27× at 16² for 3×3); a 1×1 conv is one GEMM
-    on views. This replaced a K²-fold im2col copy and a K²-step col2im loop that cost more than the GEMMs.
-  * stride > 1 (the 7×7/2 stem): channels-last im2col as a strided view in batch chunks under
-    ``COLUMN_BUDGET_BYTES``, one GEMM per chunk, recomputed in backward (col2im only when the input needs a grad).
-  * NCHW input (the course's layout) keeps NCHW throughout, so no layer pays a layout copy: a sample is a
-    (C, H·W) matrix and every GEMM is oriented as out[n] = W·X[n] on views. A 1×1 conv is one batched GEMM with
-    no copy at all; a stride-1 K×K conv runs the shifted-GEMM trick per sample on the padded (C, Hp·Wp) plane, a
-    kernel row at a time against the sample widened to Kw·C rows (batch chunks), and its grad_input is the same
-    correlation run on dY with the flipped kernel; the stem writes Wmat·colsᵀ straight into the NCHW output.
+  * K > 1 or stride > 1: im2col in batch chunks, one GEMM per chunk. On NCHW input the columns are channel-major,
+    (C·Kh·Kw, k·Ho·Wo), copied from the zero-padded channel-major chunk with no transposition; out = W·cols as
+    (C_out, k·L), copied into the NCHW output (bias fused into that copy). On channels-last input they are rows,
+    (k·L, Kh·Kw·C), and cols·Wᵀ (+ bias) are the output's rows.
+    grad_input, stride 1: the same correlation run on dY with the flipped kernel, channels swapped, padding K-1-P
+    (a negative one crops dY). Stride > 1: grad columns dY·W_mat, added back tap by tap (col2im) on a padded chunk.
+    grad_weight: Σ_chunks dY (C_out, k·L), copied channel-major, times the chunk's columns; on channels-last input
+    at stride 1 instead a kernel row at a time against the input rows widened to Kw·C columns (a Kw-fold copy
+    instead of the Kh·Kw-fold columns: `_shift_grad_weight`).
+  * 1×1, stride 1, no padding: a GEMM on views. Channels-last rows (N·H·W, C)·Wᵀ are the output; NCHW is one
+    batched W·X[n] (torch.bmm: oneDNN's matmul has no batched form and would need a copy per sample).
 
-  Layout: the output and grad_input keep the input's layout, as ``F.conv2d`` does (course code calls ``.view`` on
-  conv outputs); channels-last inputs take the row paths above, NCHW inputs the plane paths.
-
-  Speed and memory against native are in reports/conv.md and reports/memory.md (``nox -s bench``). What limits
-  speed on CPU is the GEMMs: ``torch.mm``/``bmm`` (MKL) run the thin K×K shapes slower than the oneDNN kernels
-  behind ``F.conv2d``, while 1×1 layers (one batched GEMM on views, no reorder) beat it. The saved state is
-  native's (input + weight). Memory: on the NCHW path (and the stem) a call allocates only its outputs; every
-  transient (padded chunk, im2col columns, widened planes, the output grid, per-sample weight-gradient products,
-  kernel-row copies) is a view of one per-thread workspace (``_scratch``, ≥ ``COLUMN_BUDGET_BYTES``) reused by
-  every call, so a training step makes no transient allocations for the C allocator to fragment.
+  Transients (padded chunks, columns, channel-major dY, widened rows) are views of one per-thread workspace
+  (``_scratch``, ≥ ``COLUMN_BUDGET_BYTES``) reused by every call; outputs and the GEMM results oneDNN allocates are
+  the only per-call allocations. Where speed and memory go against native (reports/conv.md, reports/memory.md,
+  ``python -m bench.conv.run``): with one thread the SimpleNet step is ~1.15-1.2x native's; the GEMMs themselves
+  run at native's speed, and the rest is the im2col copy (K² times the input) and the output copy. With two threads
+  on a loaded machine each batch chunk pays for its parallel regions (a copy, the GEMM, a copy) where a native
+  convolution is one, so small chunks that keep memory down cost time there.
 
 No convolution function is used inside: only unfold/fold, strided views, matmul and elementwise ops.
 """
@@ -52,14 +49,22 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 Algorithm = Literal["unfold", "fast"]
 ALGORITHMS: tuple[Algorithm, ...] = ("unfold", "fast")
 
-# The transient buffers of one batch chunk in the fast path (padded input, columns or widened planes, the output
-# grid) are kept under this size together: large enough for efficient GEMMs, small next to a training step's
-# activations. They live in a per-thread workspace (`_scratch`) that is allocated once and reused by every call, so
-# a training step makes no large transient allocations for the C allocator to strand (glibc keeps freed heap chunks
-# mapped: with per-call buffers a SimpleNet step's process peak was 1.7x native's).
-COLUMN_BUDGET_BYTES = 32 * 2**20
+# The transient buffers of one batch chunk in the fast path (padded input, columns, channel-major dY, widened rows)
+# are kept under this size together: a few samples per chunk, where oneDNN's GEMM is fastest (the columns stay in
+# cache), and small next to a training step's activations (the workspace counts in the process's peak).
+# They live in a per-thread workspace (`_scratch`) that is allocated once and reused by every call, so a training
+# step makes few large transient allocations for the C allocator to strand (glibc keeps freed heap chunks mapped:
+# with per-call buffers a SimpleNet step's process peak was 1.7x native's).
+COLUMN_BUDGET_BYTES = 8 * 2**20
 
 _WORKSPACES = threading.local()
+
+Gemm = Literal["onednn", "blas"]
+GEMMS: tuple[Gemm, ...] = ("onednn", "blas")
+# The one switch between the fast path's two GEMM routines (the spec flips it and compares both with torch's conv).
+# torch.mm on CPU is MKL's sgemm, which on this AMD CPU runs these shapes 2-3x slower than oneDNN's matmul (the
+# library behind F.conv2d); "onednn" applies where it can (see `gemm`) and falls back to torch.mm elsewhere.
+GEMM: Gemm = "onednn"
 
 Pair = tuple[int, int]
 
@@ -141,33 +146,54 @@ def _unfold_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# "fast": channels-last (NHWC) rows; only the input and the weight are saved, as by the native convolution.
+# The GEMM routine of the fast path, behind one switch.
 
 
-def _nhwc_padded(x: Tensor, pad: Pair) -> Tensor:
-    """(N, C, H, W) -> (N, H+2Ph, W+2Pw, C) contiguous; no copy when x is channels_last and unpadded."""
-    x = x.permute(0, 2, 3, 1)
-    if pad != (0, 0):
-        x = F.pad(x, (0, 0, pad[1], pad[1], pad[0], pad[0]))
-    return x.contiguous()
+def _onednn_matmul() -> Any:
+    """oneDNN's matmul on dense tensors (x·wᵀ + b), or None when this torch build has no oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):
+        return None
 
 
-def _columns_view(xp: Tensor, kernel: Pair, stride: Pair, out_hw: Pair) -> Tensor:
-    """im2col of a padded NHWC chunk as a strided view: (n, Hp, Wp, C) -> (n, Ho, Wo, Kh, Kw, C)."""
-    s_n, s_h, s_w, s_c = xp.stride()
-    size = (xp.shape[0], *out_hw, *kernel, xp.shape[3])
-    return xp.as_strided(size, (s_n, s_h * stride[0], s_w * stride[1], s_h, s_w, s_c))
+_ONEDNN_MATMUL = _onednn_matmul()
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _scratch(like: Tensor, *shapes: tuple[int, ...]) -> list[Tensor]:
-    """Disjoint, uninitialised views of this thread's workspace for like's (device, dtype), one per shape.
+def gemm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """a (M, K) · b (N, K)ᵀ (+ bias (N,)) as a new (M, N) tensor, by the routine `GEMM` names.
+
+    "onednn" applies on CPU to float32/bfloat16 with `a` contiguous (oneDNN copies a strided `a`; `b` may have any
+    2-D strides, oneDNN reorders it anyway); anything else (CUDA, float64, a strided `a`, "blas") runs torch.mm.
+    """
+    if (
+        GEMM == "onednn"
+        and _ONEDNN_MATMUL is not None
+        and a.device.type == "cpu"
+        and a.dtype in _ONEDNN_DTYPES
+        and a.is_contiguous()
+        and a.numel() > 0
+        and b.numel() > 0
+    ):
+        return _ONEDNN_MATMUL(a, b, bias, "none", [], "")
+    return torch.mm(a, b.t()) if bias is None else torch.addmm(bias, a, b.t())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# "fast": only the input and the weight are saved, as by the native convolution; transients live in the workspace.
+
+
+def _scratch(like: Tensor, *sizes: int) -> list[Tensor]:
+    """Disjoint, uninitialised flat views of this thread's workspace for like's (device, dtype), one per size.
 
     The workspace grows to the largest request (at least COLUMN_BUDGET_BYTES) and is reused by the next call: its
     views are transient, valid until the next `_scratch` call on this thread, and never saved for backward nor
     returned (outputs are fresh tensors the views are copied into). Per thread, so concurrent calls cannot share it.
     """
     align = max(1, 64 // like.element_size())
-    sizes = [math.prod(shape) for shape in shapes]
     total = sum(-(-size // align) * align for size in sizes)
     buffers = _WORKSPACES.__dict__.setdefault("buffers", {})
     key = (like.device, like.dtype)
@@ -176,15 +202,23 @@ def _scratch(like: Tensor, *shapes: tuple[int, ...]) -> list[Tensor]:
         numel = max(total, COLUMN_BUDGET_BYTES // like.element_size())
         buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
     flat, views, start = buffers[key], [], 0
-    for shape, size in zip(shapes, sizes, strict=True):
-        views.append(flat[start : start + size].view(shape))
+    for size in sizes:
+        views.append(flat[start : start + size])
         start += -(-size // align) * align
     return views
 
 
+def _chunk(n: int, sample_bytes: int) -> int:
+    """How many samples go into one chunk so that its transients (columns, padded input) fit the budget."""
+    return max(1, min(n, COLUMN_BUDGET_BYTES // max(1, sample_bytes)))
+
+
 def _pad_into(dst: Tensor, src: Tensor, pad: Pair) -> Tensor:
-    """Write src (k, C, H, W) zero-padded into dst (k, C, H + 2Ph, W + 2Pw) (any strides) and return dst."""
+    """Write src (k, C, H, W) into dst (k, C, H + 2Ph, W + 2Pw) (any strides), zero-padded where a pad is positive
+    and cropped where it is negative, and return dst."""
     (ph, pw), (h, w) = pad, src.shape[2:]
+    src = src[:, :, max(0, -ph) : h - max(0, -ph), max(0, -pw) : w - max(0, -pw)]
+    (ph, pw), (h, w) = (max(0, ph), max(0, pw)), src.shape[2:]
     if ph:
         dst[:, :, :ph].zero_()
         dst[:, :, ph + h :].zero_()
@@ -195,15 +229,41 @@ def _pad_into(dst: Tensor, src: Tensor, pad: Pair) -> Tensor:
     return dst
 
 
-def _add_batch_sum(acc: Tensor, batch: Tensor, total: Tensor) -> None:
-    """acc += Σ_n batch[n], the sum written into the workspace view `total` (acc's shape) instead of a new tensor."""
-    torch.sum(batch, 0, out=total)
-    acc += total
+def _padded_planes(x: Tensor, i: int, k: int, pad: Pair, flat: Tensor) -> Tensor:
+    """Samples i .. i+k of x (any layout), padded channel-major into the workspace: (C, k, Hp, Wp)."""
+    c, h, w = x.shape[1:]
+    planes = flat[: c * k * (h + 2 * pad[0]) * (w + 2 * pad[1])].view(c, k, h + 2 * pad[0], w + 2 * pad[1])
+    return _pad_into(planes.transpose(0, 1), x[i : i + k], pad).transpose(0, 1)
 
 
-def _chunk(n: int, row_bytes: int) -> int:
-    """How many samples go into one chunk so that its transient copy (columns, widened input) fits the budget."""
-    return max(1, min(n, COLUMN_BUDGET_BYTES // max(1, row_bytes)))
+def _padded_rows(x: Tensor, i: int, k: int, pad: Pair, flat: Tensor) -> Tensor:
+    """Samples i .. i+k of x (any layout), padded channels-last into the workspace: (k, Hp, Wp, C)."""
+    c, h, w = x.shape[1:]
+    rows = flat[: k * (h + 2 * pad[0]) * (w + 2 * pad[1]) * c].view(k, h + 2 * pad[0], w + 2 * pad[1], c)
+    return _pad_into(rows.permute(0, 3, 1, 2), x[i : i + k], pad).permute(0, 2, 3, 1)
+
+
+def _columns(
+    x: Tensor, i: int, k: int, kernel: Pair, stride: Pair, pad: Pair, out_hw: Pair, ws: list[Tensor], rows: bool
+):
+    """im2col of samples i .. i+k as a (K, k·L) matrix of the workspace (ws: padded input, columns).
+
+    Channel-major (rows=False, for NCHW): contiguous, K ordered (c, a, b) like ``weight.view(C_out, -1)``, built from
+    the padded planes with no transposition. Channels-last (rows=True): the transposed view of contiguous
+    (k·L, K) rows, K ordered (a, b, c) like :func:`_weight_matrix`. Either is a GEMM operand oneDNN takes as is.
+    """
+    c, (kh, kw), (ho, wo), (sh, sw) = x.shape[1], kernel, out_hw, stride
+    if rows:
+        xp = _padded_rows(x, i, k, pad, ws[0])
+        s_n, s_h, s_w, s_c = xp.stride()
+        window = xp.as_strided((k, ho, wo, kh, kw, c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
+        cols = ws[1][: k * ho * wo * kh * kw * c].view(k, ho, wo, kh, kw, c)
+        return cols.copy_(window).view(k * ho * wo, kh * kw * c).t()
+    xp = _padded_planes(x, i, k, pad, ws[0])
+    s_c, s_n, s_h, s_w = xp.stride()
+    window = xp.as_strided((c, kh, kw, k, ho, wo), (s_c, s_h, s_w, s_n, s_h * sh, s_w * sw))
+    cols = ws[1][: c * kh * kw * k * ho * wo].view(c, kh, kw, k, ho, wo)
+    return cols.copy_(window).view(c * kh * kw, k * ho * wo)
 
 
 def _weight_matrix(weight: Tensor) -> Tensor:
@@ -211,395 +271,192 @@ def _weight_matrix(weight: Tensor) -> Tensor:
     return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
-def _fast_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair) -> Tensor:
-    if stride != (1, 1):
-        return _im2col_forward(x, weight, bias, stride, pad, out_hw)
-    if not is_channels_last(x):
-        return _nchw_forward(x, weight, bias, pad, out_hw)
-    return _shift_forward(x, weight, bias, pad, out_hw)
+def _layout_empty(like: Tensor, shape: tuple[int, int, int, int], rows: bool) -> Tensor:
+    layout = torch.channels_last if rows else torch.contiguous_format
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
 
 
-def _fast_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    if ctx.stride != (1, 1):
-        return _im2col_backward(ctx, grad_out)
-    if not ctx.channels_last:
-        return _nchw_backward(ctx, grad_out.contiguous())
-    return _shift_backward(ctx, grad_out)
-
-
-# Stride 1: the kernel taps as shifted row blocks of the padded input.
-#
-# Flatten the padded NHWC input to rows r = (n·Hp + h)·Wp + w. Tap (a, b) of output row r reads input row
-# r + a·Wp + b, so one tap is one GEMM of a contiguous row slice (no im2col copy at all) with the (C, C_out) slice
-# of the weight, and the K² taps accumulate into an output computed on the padded (N, Hp, Wp) grid. Rows outside the
-# Ho×Wo window of each sample are junk (never read); rows r < m = T - offset of the last tap hold every valid output.
-
-
-def _channels_last_empty(like: Tensor, shape: tuple[int, int, int, int]) -> Tensor:
-    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
-
-
-def _taps(kernel: Pair, wp: int) -> list[tuple[int, int, int]]:
-    """(a, b, row offset a·Wp + b) of every kernel tap."""
-    return [(a, b, a * wp + b) for a in range(kernel[0]) for b in range(kernel[1])]
-
-
-def _valid_rows(grid: Tensor, out_hw: Pair) -> Tensor:
-    """(N, Hp, Wp, C) grid -> its (N, Ho, Wo, C) window of valid outputs (a view)."""
-    return grid[:, : out_hw[0], : out_hw[1]]
-
-
-def _shift_forward(x: Tensor, weight: Tensor, bias: Tensor | None, pad: Pair, out_hw: Pair) -> Tensor:
-    c_out, kernel = weight.shape[0], (weight.shape[2], weight.shape[3])
-    xp = _nhwc_padded(x, pad)  # (N, Hp, Wp, C)
-    n, hp, wp, c = xp.shape
-    x_rows = xp.view(-1, c)  # (T, C)
-    w_taps = weight.permute(2, 3, 1, 0).contiguous()  # (Kh, Kw, C, C_out)
-    taps = _taps(kernel, wp)
-    m = x_rows.shape[0] - taps[-1][2]
-    grid_nchw = _channels_last_empty(x, (n, c_out, hp, wp))
-    grid = grid_nchw.permute(0, 2, 3, 1)  # (N, Hp, Wp, C_out), contiguous
-    y_rows = grid.view(-1, c_out)[:m]  # (m, C_out)
-    for i, (a, b, off) in enumerate(taps):
-        if i > 0:
-            y_rows.addmm_(x_rows[off : off + m], w_taps[a, b])
-        elif bias is None:
-            torch.mm(x_rows[:m], w_taps[a, b], out=y_rows)
+def _im2col_forward(
+    x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair, rows: bool
+) -> Tensor:
+    """The convolution as im2col + one GEMM per batch chunk (the chunk's columns in the workspace); the output is
+    channels-last if `rows`, else NCHW. A negative pad crops (the stride-1 grad_input runs this on dY)."""
+    n, c, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    length, taps = out_hw[0] * out_hw[1], c * kh * kw
+    out = _layout_empty(x, (n, c_out, *out_hw), rows)
+    plane = (h + 2 * pad[0]) * (w + 2 * pad[1]) * c
+    step = _chunk(n, (plane + taps * length) * x.element_size())
+    ws = _scratch(x, step * plane, step * taps * length)
+    if rows:  # (k·L, K)·(C_out, K)ᵀ: the chunk's output rows, bias included
+        w_mat, out_rows = _weight_matrix(weight), out.permute(0, 2, 3, 1).view(n * length, c_out)
+    else:  # (C_out, K)·(k·L, K)ᵀ: the chunk's output channel-major, (C_out, k, Ho, Wo)
+        w_mat = weight.reshape(c_out, taps)
+    for i in range(0, n, step):
+        k = min(step, n - i)
+        cols = _columns(x, i, k, (kh, kw), stride, pad, out_hw, ws, rows)  # (K, k·L)
+        if rows:
+            out_rows[i * length : (i + k) * length].copy_(gemm(cols.t(), w_mat, bias))
+            continue
+        y = gemm(w_mat, cols.t()).view(c_out, k, *out_hw).transpose(0, 1)
+        if bias is None:
+            out[i : i + k].copy_(y)
         else:
-            torch.addmm(bias, x_rows[:m], w_taps[a, b], out=y_rows)
-    if (hp, wp) == out_hw:  # 1×1, no padding: the grid is the output
-        return grid_nchw
-    out = _channels_last_empty(x, (n, c_out, *out_hw))
-    out.permute(0, 2, 3, 1).copy_(_valid_rows(grid, out_hw))
+            torch.add(y, bias.view(1, c_out, 1, 1), out=out[i : i + k])
     return out
 
 
-def _grad_grid(grad_out: Tensor, grid_hw: Pair) -> Tensor:
-    """dY (N, C_out, Ho, Wo) placed on the padded (N, Hp, Wp, C_out) grid, zero on the junk rows."""
-    n, c_out, ho, wo = grad_out.shape
-    dy_nhwc = grad_out.permute(0, 2, 3, 1)
-    if (ho, wo) == grid_hw:
-        return dy_nhwc.contiguous()  # no copy when dY is channels_last
-    grid = grad_out.new_empty(n, *grid_hw, c_out)
-    grid[:, ho:].zero_()
-    grid[:, :ho, wo:].zero_()
-    _valid_rows(grid, (ho, wo)).copy_(dy_nhwc)
-    return grid
-
-
-def _shift_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    x, weight = ctx.saved_tensors
-    grad_input = grad_weight = None
-    if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-        return grad_input, grad_weight
-    _, _, h, w = ctx.input_shape
-    grid_hw = (h + 2 * ctx.pad[0], w + 2 * ctx.pad[1])
-    dy = _grad_grid(grad_out, grid_hw)  # (N, Hp, Wp, C_out): the forward's grid, zero on its junk rows
-    if ctx.needs_input_grad[0]:
-        grad_input = _shift_grad_input(dy, weight, ctx.pad, (h, w))
-    if ctx.needs_input_grad[1]:
-        grad_weight = _shift_grad_weight(_nhwc_padded(x, ctx.pad), dy, ctx.weight_shape[2:])
-    return grad_input, grad_weight
-
-
-def _shift_grad_input(dy: Tensor, weight: Tensor, pad: Pair, in_hw: Pair) -> Tensor:
-    """The adjoint of the forward: tap (a, b) adds dY·W_ab back at input rows r + off; then the padding is cut."""
-    n, hp, wp, c_out = dy.shape
-    c, kernel = weight.shape[1], (weight.shape[2], weight.shape[3])
-    taps = _taps(kernel, wp)
-    m = n * hp * wp - taps[-1][2]
-    dy_rows = dy.view(-1, c_out)[:m]  # (m, C_out): the rows every tap reads
-    grid_nchw = _channels_last_empty(dy, (n, c, hp, wp))
-    grid = grid_nchw.permute(0, 2, 3, 1)  # (N, Hp, Wp, C), contiguous
-    gx_rows = grid.view(-1, c)  # (T, C)
-    w_taps = weight.permute(2, 3, 0, 1).contiguous()  # (Kh, Kw, C_out, C)
-    torch.mm(dy_rows, w_taps[0, 0], out=gx_rows[:m])  # the first tap (offset 0) covers rows [0, m)
-    gx_rows[m:].zero_()
-    for a, b, off in taps[1:]:
-        gx_rows[off : off + m].addmm_(dy_rows, w_taps[a, b])
-    if pad == (0, 0):
-        return grid_nchw
-    cropped = grid[:, pad[0] : pad[0] + in_hw[0], pad[1] : pad[1] + in_hw[1]].permute(0, 3, 1, 2)
-    return cropped.contiguous(memory_format=torch.channels_last)
-
-
-def _shift_grad_weight(xp: Tensor, dy: Tensor, kernel: Pair) -> Tensor:
-    """dW_ab = Σ_r dY[r]ᵀ·X[r + a·Wp + b], a kernel row at a time: the input widened to Kw·C columns (row r holds
-    rows r .. r+Kw-1) makes Kh GEMMs with Kw·C outputs, faster than K² with C outputs. Batch chunks keep the
-    widened copy under COLUMN_BUDGET_BYTES; junk rows of dY are zero, so what they meet does not count."""
-    n, hp, wp, c = xp.shape
-    c_out, (kh, kw) = dy.shape[-1], kernel
-    last = (kh - 1) * wp + kw - 1  # offset of the last tap
-    grad_rows = dy.new_zeros(kh, c_out, kw * c)  # (Kh, C_out, Kw·C)
-    step = _chunk(n, hp * wp * kw * c * xp.element_size())
+def _im2col_grad_weight(x: Tensor, grad_out: Tensor, kernel: Pair, stride: Pair, pad: Pair, rows: bool) -> Tensor:
+    """dW = Σ_chunks dY (C_out, k·L) · colsᵀ, with dY copied channel-major into the workspace."""
+    n, c, h, w = x.shape
+    c_out, ho, wo = grad_out.shape[1:]
+    (kh, kw), length = kernel, ho * wo
+    plane = (h + 2 * pad[0]) * (w + 2 * pad[1]) * c
+    step = _chunk(n, (plane + (c * kh * kw + c_out) * length) * x.element_size())
+    ws = _scratch(x, step * plane, step * c * kh * kw * length, step * c_out * length)
+    grad_w = grad_out.new_zeros(c_out, c * kh * kw)
     for i in range(0, n, step):
-        x_wide = _widened(xp[i : i + step].reshape(-1, c), kw)  # (rows - Kw + 1, Kw·C)
-        dy_rows = dy[i : i + step].reshape(-1, c_out)  # (rows, C_out)
-        m = dy_rows.shape[0] - last
-        for a in range(kh):
-            grad_rows[a].addmm_(dy_rows[:m].t(), x_wide[a * wp : a * wp + m])
+        k = min(step, n - i)
+        cols = _columns(x, i, k, kernel, stride, pad, (ho, wo), ws, rows)  # (K, k·L)
+        dy = ws[2][: c_out * k * length].view(c_out, k, ho, wo)
+        dy.copy_(grad_out[i : i + k].transpose(0, 1))
+        grad_w += gemm(dy.view(c_out, k * length), cols)
+    if rows:
+        return grad_w.view(c_out, kh, kw, c).permute(0, 3, 1, 2).contiguous()
+    return grad_w.view(c_out, c, kh, kw)
+
+
+def _shift_grad_weight(x: Tensor, grad_out: Tensor, kernel: Pair, pad: Pair) -> Tensor:
+    """Stride-1 dW of a channels-last input with no im2col, a kernel row at a time, per batch chunk on its padded
+    rows r = (n·Hp + h)·Wp + w (T of them): dY is placed on the same grid (zero where no output is), the input rows
+    are widened to Kw·C columns (row r holds rows r .. r+Kw-1), and kernel row a is one GEMM,
+    dW_a (C_out, Kw·C) = dY (C_out, m) · widened[a·Wp : a·Wp + m], m = T - ((Kh-1)·Wp + Kw-1). A Kw-fold copy
+    instead of the Kh·Kw-fold columns, for (Hp·Wp)/(Ho·Wo) more GEMM rows."""
+    n, c, h, w = x.shape
+    c_out, ho, wo = grad_out.shape[1:]
+    (kh, kw), hp, wp = kernel, h + 2 * pad[0], w + 2 * pad[1]
+    last = (kh - 1) * wp + kw - 1  # offset of the last tap
+    step = _chunk(n, (c * (1 + kw) + c_out) * hp * wp * x.element_size())
+    rows_ws, wide_ws, dy_ws = _scratch(x, step * c * hp * wp, step * kw * c * hp * wp, step * c_out * hp * wp)
+    grad_rows = grad_out.new_zeros(kh, c_out, kw * c)
+    for i in range(0, n, step):
+        k = min(step, n - i)
+        t = k * hp * wp
+        m = t - last
+        rows = _padded_rows(x, i, k, pad, rows_ws).view(t, c)
+        wide = wide_ws[: (t - kw + 1) * kw * c].view(t - kw + 1, kw * c)
+        wide.copy_(rows.as_strided((t - kw + 1, kw * c), (c, 1)))  # row r: rows r .. r+Kw-1 side by side
+        dy = dy_ws[: c_out * m].view(c_out, m).zero_()
+        dy.as_strided((c_out, k, ho, wo), (m, hp * wp, wp, 1)).copy_(grad_out[i : i + k].transpose(0, 1))
+        for a in range(kh):  # the widened rows' slice is contiguous, so oneDNN takes its transpose as is
+            grad_rows[a] += gemm(dy, wide[a * wp : a * wp + m].t())
     return grad_rows.view(kh, c_out, kw, c).permute(1, 3, 0, 2).contiguous()  # (C_out, C, Kh, Kw)
 
 
-def _widened(rows: Tensor, kw: int) -> Tensor:
-    """(R, C) -> (R - Kw + 1, Kw·C), row r holding rows r .. r+Kw-1 side by side; a copy unless Kw = 1."""
-    r, c = rows.shape
-    return rows.as_strided((r - kw + 1, kw * c), (c, 1)).contiguous()
-
-
-# Stride > 1: channels-last im2col as a strided view, in batch chunks whose columns stay under COLUMN_BUDGET_BYTES.
-
-
-def _padded_chunk(x: Tensor, i: int, k: int, pad: Pair, dst: Tensor) -> Tensor:
-    """Samples i .. i+k of x, zero-padded channels-last into the workspace view dst (k, Hp, Wp, C)."""
-    return _pad_into(dst.permute(0, 3, 1, 2), x[i : i + k], pad).permute(0, 2, 3, 1)
-
-
-def _im2col_shapes(k: int, in_shape: tuple[int, ...], kernel: Pair, pad: Pair, out_hw: Pair) -> tuple[tuple, tuple]:
-    """Workspace shapes of a k-sample chunk: the padded channels-last input and its (k·L, Kh·Kw·C) columns."""
-    c, h, w = in_shape[1:]
-    return (k, h + 2 * pad[0], w + 2 * pad[1], c), (k * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * c)
-
-
-def _im2col_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair) -> Tensor:
-    n, c, h, w = x.shape
-    c_out, kernel = weight.shape[0], (weight.shape[2], weight.shape[3])
+def _col2im_grad_input(
+    grad_out: Tensor, weight: Tensor, in_shape: tuple[int, ...], stride: Pair, pad: Pair, rows: bool
+):
+    """Strided grad_input per batch chunk: grad columns dY·W_mat (rows layout), each kernel tap added back at its
+    strided offsets on a padded chunk in the workspace, whose interior is copied into grad_input."""
+    n, c, h, w = in_shape
+    c_out, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (ho, wo) = stride, pad, grad_out.shape[2:]
+    length, hp, wp = ho * wo, h + 2 * ph, w + 2 * pw
+    grad_input = _layout_empty(grad_out, (n, c, h, w), rows)
     w_mat = _weight_matrix(weight)  # (C_out, Kh·Kw·C)
-    rows = out_hw[0] * out_hw[1]
-    if is_channels_last(x):
-        out = _channels_last_empty(x, (n, c_out, *out_hw))
-        out_rows = out.permute(0, 2, 3, 1).view(n * rows, c_out)  # (N·L, C_out), shares out's storage
-    else:  # NCHW: sample n's output is W·colsᵀ, written in place through transposed views
-        out = x.new_empty(n, c_out, *out_hw)
-        out_planes = out.view(n, c_out, rows)
-    per_sample = (rows * w_mat.shape[1] + (h + 2 * pad[0]) * (w + 2 * pad[1]) * c) * x.element_size()
-    step = _chunk(n, per_sample)
-    xp_ws, cols_ws = _scratch(x, *_im2col_shapes(step, x.shape, kernel, pad, out_hw))
+    step = _chunk(n, (hp * wp * c + length * (c_out + kh * kw * c)) * grad_out.element_size())
+    padded_ws, dy_ws = _scratch(grad_out, step * hp * wp * c, step * length * c_out)
     for i in range(0, n, step):
         k = min(step, n - i)
-        xp, cols = xp_ws[:k], cols_ws[: k * rows]
-        cols.view(k, *out_hw, *kernel, c).copy_(_columns_view(_padded_chunk(x, i, k, pad, xp), kernel, stride, out_hw))
-        if is_channels_last(x):
-            torch.mm(cols, w_mat.t(), out=out_rows[i * rows : (i + k) * rows])
-        else:
-            torch.matmul(w_mat, cols.view(k, rows, -1).transpose(1, 2), out=out_planes[i : i + k])
+        dy = dy_ws[: k * length * c_out].view(k, ho, wo, c_out)
+        dy.copy_(grad_out[i : i + k].permute(0, 2, 3, 1))
+        grad_cols = gemm(dy.view(k * length, c_out), w_mat.t()).view(k, ho, wo, kh, kw, c)
+        grad_xp = padded_ws[: k * hp * wp * c].view(k, hp, wp, c).zero_()
+        for a in range(kh):
+            for b in range(kw):
+                grad_xp[:, a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw] += grad_cols[:, :, :, a, b]
+        grad_input[i : i + k].copy_(grad_xp[:, ph : ph + h, pw : pw + w].permute(0, 3, 1, 2))
+    return grad_input
+
+
+def _is_pointwise(weight_shape: tuple[int, ...], stride: Pair, pad: Pair) -> bool:
+    return tuple(weight_shape[2:]) == (1, 1) and stride == (1, 1) and pad == (0, 0)
+
+
+def _pointwise_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A 1×1 conv is a GEMM on views: channels-last rows (N·H·W, C)·Wᵀ, whose result is the output; on NCHW one
+    batched W·X[n] (torch.bmm: oneDNN's matmul has no batched form and would need a copy per sample)."""
+    n, c, h, w = x.shape
+    c_out = weight.shape[0]
+    if is_channels_last(x):
+        y = gemm(x.permute(0, 2, 3, 1).reshape(n * h * w, c), weight.view(c_out, c), bias)  # (N·H·W, C_out)
+        return y.view(n, h, w, c_out).permute(0, 3, 1, 2)
+    out = x.new_empty(n, c_out, h, w)
+    torch.bmm(weight.view(c_out, c).expand(n, c_out, c), x.view(n, c, h * w), out=out.view(n, c_out, h * w))
     if bias is not None:
-        out += bias.view(1, -1, 1, 1)
+        out += bias.view(1, c_out, 1, 1)
     return out
 
 
-def _im2col_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    x, weight = ctx.saved_tensors
-    n, c, h, w = ctx.input_shape
-    c_out, _, kh, kw = ctx.weight_shape
-    (sh, sw), (ph, pw), (ho, wo) = ctx.stride, ctx.pad, ctx.out_hw
-    rows, taps_c = ho * wo, kh * kw * c
-    if ctx.channels_last:
-        dy = grad_out.permute(0, 2, 3, 1).reshape(n * rows, c_out)  # (N·L, C_out); no copy if grad is channels_last
-    else:
-        dy = grad_out.contiguous().view(n, c_out, rows)  # (N, C_out, L)
+def _pointwise_backward(ctx: Any, x: Tensor, weight: Tensor, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    n, c_out, h, w = grad_out.shape
+    c = ctx.input_shape[1]
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     grad_input = grad_weight = None
-    if need_x:
-        w_mat = _weight_matrix(weight)
-        grad_xp = grad_out.new_zeros(n, h + 2 * ph, w + 2 * pw, c)  # padded, channels last
-    if need_w:
-        grad_w_mat = grad_out.new_zeros(c_out, taps_c)
-    per_sample = (rows * taps_c + (h + 2 * ph) * (w + 2 * pw) * c + c_out * taps_c) * grad_out.element_size()
-    step = _chunk(n, per_sample)
-    xp_shape, cols_shape = _im2col_shapes(step, ctx.input_shape, (kh, kw), ctx.pad, ctx.out_hw)
-    xp_ws, cols_ws, prod_ws, total = _scratch(grad_out, xp_shape, cols_shape, (step, c_out, taps_c), (c_out, taps_c))
-    for i in range(0, n, step):
-        k = min(step, n - i)
-        j = i + k
-        xp, cols, prod = xp_ws[:k], cols_ws[: k * rows], prod_ws[:k]
-        if need_w:
-            window = _columns_view(_padded_chunk(x, i, k, ctx.pad, xp), (kh, kw), ctx.stride, ctx.out_hw)
-            cols.view(k, ho, wo, kh, kw, c).copy_(window)
-            if ctx.channels_last:
-                grad_w_mat.addmm_(dy[i * rows : j * rows].t(), cols)  # Σ dYᵀ·cols
-            else:
-                _add_batch_sum(grad_w_mat, torch.bmm(dy[i:j], cols.view(k, rows, -1), out=prod), total)
+    if ctx.channels_last:
+        dy = grad_out.permute(0, 2, 3, 1).reshape(n * h * w, c_out)  # no copy when dY is channels_last
         if need_x:
-            if ctx.channels_last:
-                torch.mm(dy[i * rows : j * rows], w_mat, out=cols)
-            else:
-                torch.bmm(dy[i:j].transpose(1, 2), w_mat.expand(k, c_out, taps_c), out=cols.view(k, rows, taps_c))
-            grad_cols = cols.view(k, ho, wo, kh, kw, c)
-            for a in range(kh):  # col2im: each kernel tap adds its columns back at its strided offsets
-                for b in range(kw):
-                    grad_xp[i:j, a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw] += grad_cols[
-                        :, :, :, a, b
-                    ]
-    if need_x:
-        grad_input = grad_xp[:, ph : ph + h, pw : pw + w].permute(0, 3, 1, 2)
-        layout = torch.channels_last if ctx.channels_last else torch.contiguous_format
-        grad_input = grad_input.contiguous(memory_format=layout)
-    if need_w:
-        grad_weight = grad_w_mat.view(c_out, kh, kw, c).permute(0, 3, 1, 2).contiguous()
+            grad_input = gemm(dy, weight.view(c_out, c).t()).view(n, h, w, c).permute(0, 3, 1, 2)
+        if need_w:  # both operands have the pixels strided: torch.mm's transposed GEMM
+            grad_weight = gemm(dy.t(), x.permute(0, 2, 3, 1).reshape(n * h * w, c).t()).view(ctx.weight_shape)
+        return grad_input, grad_weight
+    dy = grad_out.view(n, c_out, h * w)  # (N, C_out, L)
+    if need_x:  # Wᵀ·dY[n] per sample (a batched GEMM: matmul would fold the batch through two full copies)
+        grad_input = grad_out.new_empty(ctx.input_shape)
+        torch.bmm(weight.view(c_out, c).t().expand(n, c, c_out), dy, out=grad_input.view(n, c, h * w))
+    if need_w:  # Σ_n dY[n]·X[n]ᵀ, the per-sample products in batch chunks of the workspace
+        grad_weight = grad_out.new_zeros(c_out, c)
+        x_t = x.view(n, c, h * w).transpose(1, 2)
+        step = _chunk(n, c_out * c * grad_out.element_size())
+        prod, total = _scratch(grad_out, step * c_out * c, c_out * c)
+        for i in range(0, n, step):
+            k = min(step, n - i)
+            torch.sum(
+                torch.bmm(dy[i : i + k], x_t[i : i + k], out=prod[: k * c_out * c].view(k, c_out, c)),
+                0,
+                out=total.view(c_out, c),
+            )
+            grad_weight += total.view(c_out, c)
+        grad_weight = grad_weight.view(ctx.weight_shape)
     return grad_input, grad_weight
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# "fast" on NCHW (the course's layout): the same GEMMs oriented so that no layout copy is needed. A sample of an
-# NCHW tensor is a (C, H·W) matrix, so every conv is a batch of per-sample GEMMs W·X[n] on views.
+def _fast_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair) -> Tensor:
+    if _is_pointwise(weight.shape, stride, pad):
+        return _pointwise_forward(x, weight, bias)
+    return _im2col_forward(x, weight, bias, stride, pad, out_hw, rows=is_channels_last(x))
 
 
-def _nchw_forward(x: Tensor, weight: Tensor, bias: Tensor | None, pad: Pair, out_hw: Pair) -> Tensor:
-    if weight.shape[2:] == (1, 1) and pad == (0, 0):
-        n, c, h, w = x.shape
-        out = x.new_empty(n, weight.shape[0], h, w)
-        w_mat = weight.view(weight.shape[0], c).expand(n, -1, c)
-        torch.bmm(w_mat, x.view(n, c, h * w), out=out.view(n, -1, h * w))  # W·X[n]
-    else:
-        out = _plane_shift_forward(x, weight, pad, out_hw)
-    if bias is not None:
-        out += bias.view(1, -1, 1, 1)
-    return out
-
-
-def _nchw_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
+def _fast_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
     x, weight = ctx.saved_tensors
-    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    if not (need_x or need_w):
-        return None, None
-    n, c_out, ho, wo = grad_out.shape
-    if ctx.weight_shape[2:] == (1, 1) and ctx.pad == (0, 0):
-        c, dy = ctx.input_shape[1], grad_out.view(n, c_out, ho * wo)  # (N, C_out, L)
-        grad_input = None
-        if need_x:  # Wᵀ·dY[n] per sample (a batched GEMM: matmul would fold the batch through two full copies)
-            grad_input = grad_out.new_empty(ctx.input_shape)
-            torch.bmm(weight.view(c_out, c).t().expand(n, c, c_out), dy, out=grad_input.view(n, c, ho * wo))
-        grad_weight = None
-        if need_w:  # Σ_n dY[n]·X[n]ᵀ, the per-sample products in batch chunks of the workspace
-            grad_weight = grad_out.new_zeros(c_out, c)
-            x_t = x.view(n, c, ho * wo).transpose(1, 2)
-            step = _chunk(n, c_out * c * grad_out.element_size())
-            prod, total = _scratch(grad_out, (step, c_out, c), (c_out, c))
-            for i in range(0, n, step):
-                k = min(step, n - i)
-                _add_batch_sum(grad_weight, torch.bmm(dy[i : i + k], x_t[i : i + k], out=prod[:k]), total)
-            grad_weight = grad_weight.view(ctx.weight_shape)
-        return grad_input, grad_weight
-    return _plane_shift_backward(ctx, x, weight, grad_out)
-
-
-# Stride 1, K > 1 on NCHW: the padded sample flattened to a plane of L = Hp·Wp positions p = h·Wp + w. Output p reads
-# input p + a·Wp + b for tap (a, b); positions p < m = L - ((Kh-1)·Wp + Kw-1) hold every valid output. A kernel row
-# is one GEMM against the sample "widened" to Kw·C rows (row b·C + c holds channel c shifted by b), so the Kh·Kw taps
-# cost Kh GEMMs with Kw·C-long dot products instead of K² thin ones; batch chunks keep the widened copy under
-# COLUMN_BUDGET_BYTES. The grid's junk columns (w >= Wo) are dropped by one copy into the output.
-
-
-def _widen_into(wide: Tensor, planes: Tensor, kw: int) -> Tensor:
-    """(k, C, L) -> wide (k, Kw·C, L - Kw + 1) in the workspace, row b·C + c holding planes[:, c, b:]."""
-    k, c, length = planes.shape
-    view = planes.as_strided((k, kw, c, length - kw + 1), (planes.stride(0), 1, planes.stride(1), 1))
-    wide.view(k, kw, c, length - kw + 1).copy_(view)
-    return wide
-
-
-def _kernel_rows(weight: Tensor, dst: Tensor, flipped: bool = False) -> Tensor:
-    """(C_out, C, Kh, Kw) -> dst (Kh, C_out, Kw·C): kernel row a as the matrix the widened rows multiply. With
-    `flipped`, the rows of the flipped, transposed kernel (Kh, C, Kw·C_out) that the grad_input correlation uses."""
-    c_out, c, kh, kw = weight.shape
-    if not flipped:
-        dst.view(kh, c_out, kw, c).copy_(weight.permute(2, 0, 3, 1))
-        return dst
-    tiles = dst.view(kh, c, kw, c_out)
-    for a in range(kh):
-        for b in range(kw):
-            tiles[a, :, b].copy_(weight[:, :, kh - 1 - a, kw - 1 - b].t())
-    return dst
-
-
-def _plane_correlate(dst: Tensor, wide: Tensor, rows: Tensor, wp: int) -> Tensor:
-    """dst[n, :, p] = Σ_a rows[a] · wide[n, :, p + a·Wp] for p < m: wide (k, Kw·C, ·) -> dst (k, C_out, m)."""
-    k, c_out, m = dst.shape
-    kh, _, kwc = rows.shape
-    torch.bmm(rows[0].expand(k, c_out, kwc), wide[:, :, :m], out=dst)
-    for a in range(1, kh):
-        dst.baddbmm_(rows[a].expand(k, c_out, kwc), wide[:, :, a * wp : a * wp + m])
-    return dst
-
-
-def _grid_window(grid: Tensor, hw: Pair, wp: int) -> Tensor:
-    """(n, C, m) plane of row width Wp -> its (n, C, H, W) window of valid positions (a view)."""
-    n, c, m = grid.shape
-    return grid.as_strided((n, c, *hw), (c * m, m, wp, 1))
-
-
-def _plane_shift_forward(x: Tensor, weight: Tensor, pad: Pair, out_hw: Pair) -> Tensor:
-    """Per batch chunk, in the workspace: pad, widen, Kh GEMMs onto the grid, then copy its window into the output."""
-    n, c, h, w = x.shape
-    c_out, _, kh, kw = weight.shape
-    hp, wp = h + 2 * pad[0], w + 2 * pad[1]
-    length = hp * wp
-    m = length - (kh - 1) * wp - (kw - 1)
-    out = x.new_empty(n, c_out, *out_hw)
-    step = _chunk(n, (c * length + kw * c * (length - kw + 1) + c_out * m) * x.element_size())
-    shapes = (kh, c_out, kw * c), (step, c, hp, wp), (step, kw * c, length - kw + 1), (step, c_out, m)
-    rows, xp_ws, wide_ws, grid_ws = _scratch(x, *shapes)
-    rows = _kernel_rows(weight, rows)
-    for i in range(0, n, step):
-        k = min(step, n - i)
-        xp, wide, grid = xp_ws[:k], wide_ws[:k], grid_ws[:k]
-        planes = _pad_into(xp, x[i : i + k], pad).view(k, c, length)
-        _plane_correlate(grid, _widen_into(wide, planes, kw), rows, wp)
-        out[i : i + k].copy_(_grid_window(grid, out_hw, wp))
-    return out
-
-
-def _plane_shift_backward(ctx: Any, x: Tensor, weight: Tensor, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    """grad_input is the forward's correlation run on dY with the flipped, transposed kernel: dY is placed on a
-    zero plane of row width Wp, shifted by the last tap's offset, so that input position q reads dY at
-    q + offset(flipped tap). The same plane, read at the forward's alignment, gives grad_weight. Both per batch
-    chunk in the workspace; the widened copy of dY (for grad_input) and of X (for grad_weight) share its space."""
-    n, c, h, w = ctx.input_shape
-    c_out, _, kh, kw = ctx.weight_shape
-    (ph, pw), (ho, wo) = ctx.pad, ctx.out_hw
-    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    hp, wp = h + 2 * ph, w + 2 * pw
-    last = (kh - 1) * wp + kw - 1  # offset of the last tap
-    m = hp * wp - last  # the forward's plane length
-    m_in = (h - 1) * wp + w  # positions from input pixel (0, 0) to (H-1, W-1)
-    shift = last - (ph * wp + pw)  # where dY's (0, 0) sits relative to input pixel (0, 0)
-    front = max(0, -shift)  # padding wider than the kernel puts dY's first rows before input (0, 0)
-    length = front + max(m_in + last, shift + m)
-    wide_x = (kw * c_out, m_in + last - kw + 1) if need_x else (0, 0)
-    wide_w = (kw * c, hp * wp - kw + 1) if need_w else (0, 0)
-    wide_numel = max(math.prod(wide_x), math.prod(wide_w))
-    grad_input = grad_out.new_empty(n, c, h, w) if need_x else None
-    grad_weight = grad_out.new_empty(ctx.weight_shape) if need_w else None  # both outputs first, as native does
-    per_sample = c_out * length + wide_numel
-    per_sample += (c * m_in if need_x else 0) + (c * hp * wp + c_out * kw * c if need_w else 0)
-    step = _chunk(n, per_sample * grad_out.element_size())
-    grid_x, rows_x = ((step, c, m_in), (kh, c, kw * c_out)) if need_x else ((0,), (0,))
-    xp_w, prod_w = ((step, c, hp, wp), (step, c_out, kw * c)) if need_w else ((0,), (0,))
-    rows_w = (kh, c_out, kw * c) if need_w else (0,)
-    shapes = (step, c_out, length), (step * wide_numel,), grid_x, xp_w, prod_w, rows_x, (c_out, kw * c), rows_w
-    plane_ws, wide, grid_ws, xp_ws, prod_ws, rows_t, total, grad_rows = _scratch(grad_out, *shapes)
-    grad_rows.zero_()  # (Kh, C_out, Kw·C)
-    if need_x:
-        rows_t = _kernel_rows(weight, rows_t, flipped=True)  # (Kh, C, Kw·C_out)
-    for i in range(0, n, step):
-        k = min(step, n - i)
-        plane, grid, xp, prod = plane_ws[:k], grid_ws[:k], xp_ws[:k], prod_ws[:k]
-        plane.zero_()
-        dy_view = (k, c_out, ho, wo), (c_out * length, length, wp, 1), plane.storage_offset() + front + shift
-        plane.as_strided(*dy_view).copy_(grad_out[i : i + k])
-        if need_x:
-            planes = plane[:, :, front : front + m_in + last]
-            wide_dy = _widen_into(wide[: k * math.prod(wide_x)].view(k, *wide_x), planes, kw)
-            grad_input[i : i + k].copy_(_grid_window(_plane_correlate(grid, wide_dy, rows_t, wp), (h, w), wp))
-        if need_w:
-            planes = _pad_into(xp, x[i : i + k], ctx.pad).view(k, c, hp * wp)
-            wide_x_ = _widen_into(wide[: k * math.prod(wide_w)].view(k, *wide_w), planes, kw)
-            dy = plane[:, :, front + shift : front + shift + m]  # dY at the forward's alignment, zero on junk
-            for a in range(kh):
-                _add_batch_sum(grad_rows[a], torch.bmm(dy, wide_x_[:, :, a * wp : a * wp + m].mT, out=prod), total)
-    if need_w:
-        grad_weight.copy_(grad_rows.view(kh, c_out, kw, c).permute(1, 3, 0, 2))  # (C_out, C, Kh, Kw)
+    if not ctx.channels_last:
+        grad_out = grad_out.contiguous()
+    if _is_pointwise(ctx.weight_shape, ctx.stride, ctx.pad):
+        return _pointwise_backward(ctx, x, weight, grad_out)
+    (kh, kw), (ph, pw), rows = ctx.weight_shape[2:], ctx.pad, ctx.channels_last
+    grad_input = grad_weight = None
+    if ctx.needs_input_grad[0] and ctx.stride == (1, 1):
+        # The stride-1 grad_input is a correlation of dY with the flipped kernel, channels swapped, padding K-1-P.
+        flipped = weight.flip(2, 3).transpose(0, 1)
+        grad_input = _im2col_forward(
+            grad_out, flipped, None, (1, 1), (kh - 1 - ph, kw - 1 - pw), ctx.input_shape[2:], rows
+        )
+    elif ctx.needs_input_grad[0]:
+        grad_input = _col2im_grad_input(grad_out, weight, ctx.input_shape, ctx.stride, ctx.pad, rows)
+    if ctx.needs_input_grad[1] and ctx.stride == (1, 1) and rows:
+        grad_weight = _shift_grad_weight(x, grad_out, (kh, kw), ctx.pad)
+    elif ctx.needs_input_grad[1]:
+        grad_weight = _im2col_grad_weight(x, grad_out, (kh, kw), ctx.stride, ctx.pad, rows)
     return grad_input, grad_weight
 
 

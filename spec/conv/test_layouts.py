@@ -1,9 +1,11 @@
-"""Spec of the "fast" convolution's two layout paths: NCHW input (the course's layout, per-sample plane GEMMs) and
-channels-last input (row GEMMs) each equal torch's convolution and keep the caller's layout.
+"""Spec of the "fast" convolution's two layout paths: NCHW input (the course's layout, channel-major im2col) and
+channels-last input (im2col rows, shifted-row weight gradient) each equal torch's convolution and keep the caller's
+layout, with either GEMM routine (`conv.GEMM`: oneDNN's matmul or torch.mm).
 
-Oracles: F.conv2d, torch.nn.grad.conv2d_input / conv2d_weight, gradcheck in float64. Shapes reach every branch of
-the NCHW path: 1×1 as one batched GEMM, stride-1 K×K on padded planes (including padding wider than the kernel,
-which puts dY before the first input pixel), and strided im2col; anisotropic stride and padding pairs, batch 1.
+Oracles: F.conv2d, torch.nn.grad.conv2d_input / conv2d_weight, gradcheck in float64 (which runs torch.mm: oneDNN's
+matmul has no float64), and in float32 both GEMM routines against a float64 reference. Shapes reach every branch:
+1×1 as one GEMM on views, stride-1 K×K (including padding wider than the kernel, which makes the grad_input
+correlation crop dY), and strided im2col with col2im; anisotropic stride and padding pairs, batch 1.
 These are miniplaces-lab's own paths, so the tests import impl directly (not run for a foreign implementation).
 """
 
@@ -81,8 +83,8 @@ def test_fast_paths_pass_gradcheck_float64(kernel, stride, pad, channels_last: b
 
 
 @pytest.mark.parametrize("budget", [1, 10**9], ids=["one-sample-chunks", "one-chunk"])
-def test_nchw_plane_path_is_exact_whatever_the_chunking(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
-    """The widened planes are built per batch chunk; a chunk boundary must not change a single value."""
+def test_nchw_im2col_path_is_exact_whatever_the_chunking(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+    """The columns are built per batch chunk; a chunk boundary must not change a single value."""
     monkeypatch.setattr(conv, "COLUMN_BUDGET_BYTES", budget)
     x, w, b = _tensors((4, 3, 2, 7, 5, (3, 3), (1, 1), (1, 1)), channels_last=False)
     y = custom_conv2d(x, w, b, 1, 1, algorithm="fast")
@@ -129,3 +131,89 @@ def test_nchw_input_that_is_not_contiguous_is_accepted() -> None:
 def test_custom_conv2d_rejects_zero_channels_naming_the_argument(args: tuple[int, int, int], culprit: str) -> None:
     with pytest.raises(ValueError, match=f"{culprit} must be a positive int, got 0"):
         CustomConv2d(*args)
+
+
+PATHS = [((1, 1), (1, 1), (0, 0)), ((3, 3), (1, 1), (1, 1)), ((2, 2), (1, 1), (3, 0)), ((7, 7), (2, 2), (3, 3))]
+PATH_IDS = ["1x1", "3x3", "padding-wider-than-kernel", "7x7/2-stem"]
+
+
+@pytest.mark.parametrize("gemm", conv.GEMMS)
+@pytest.mark.parametrize(("kernel", "stride", "pad"), PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_both_gemm_routines_match_torch_in_float32(
+    monkeypatch: pytest.MonkeyPatch, gemm: str, kernel, stride, pad, channels_last: bool
+) -> None:
+    """Flip the one GEMM switch: output and gradients of float32 input stay within float32 rounding of a float64
+    reference (F.conv2d, conv2d_input, conv2d_weight on the same values), relative to the largest entry."""
+    monkeypatch.setattr(conv, "GEMM", gemm)
+    x, w, b = _tensors((3, 6, 5, 11, 10, kernel, stride, pad), channels_last, torch.float32)
+    y = custom_conv2d(x, w, b, stride, pad, algorithm="fast")
+    dy = torch.randn_like(y)
+    gx, gw, gb = torch.autograd.grad(y, (x, w, b), dy)
+    x64, w64, b64, dy64 = (t.detach().double() for t in (x, w, b, dy))
+    refs = {
+        "out": F.conv2d(x64, w64, b64, stride, pad),
+        "grad_input": conv2d_input(x.shape, w64, dy64, stride, pad),
+        "grad_weight": conv2d_weight(x64, w.shape, dy64, stride, pad),
+        "grad_bias": dy64.sum((0, 2, 3)),
+    }
+    got = {"out": y, "grad_input": gx, "grad_weight": gw, "grad_bias": gb}
+    errors = {k: ((got[k].double() - r).abs().max() / r.abs().max()).item() for k, r in refs.items()}
+    assert max(errors.values()) < 1e-5, f"GEMM={gemm} {kernel}/{stride}/{pad} cl={channels_last}: rel errors {errors}"
+
+
+@pytest.mark.skipif(conv._ONEDNN_MATMUL is None, reason="this torch build has no oneDNN matmul")
+@pytest.mark.parametrize(("kernel", "stride", "pad"), PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_the_gemm_switch_routes_float32_to_onednn_and_float64_to_torch_mm(
+    monkeypatch: pytest.MonkeyPatch, kernel, stride, pad, channels_last: bool
+) -> None:
+    """The switch is not a no-op: "onednn" sends a float32 CPU conv's GEMMs to oneDNN's matmul (all but the NCHW
+    1×1's batched GEMM, which has none), "blas" sends none, and float64 (oneDNN has none) never goes there."""
+    calls: list[str] = []
+    onednn = conv._ONEDNN_MATMUL
+    monkeypatch.setattr(conv, "_ONEDNN_MATMUL", lambda *a: (calls.append(str(a[0].dtype)), onednn(*a))[1])
+    pointwise_nchw = kernel == (1, 1) and not channels_last
+    for gemm, dtype, expect in (
+        ("onednn", torch.float32, not pointwise_nchw),
+        ("blas", torch.float32, False),
+        ("onednn", torch.float64, False),
+    ):
+        monkeypatch.setattr(conv, "GEMM", gemm)
+        calls.clear()
+        x, w, b = _tensors((2, 3, 4, 9, 8, kernel, stride, pad), channels_last, dtype)
+        y = custom_conv2d(x, w, b, stride, pad, algorithm="fast")
+        torch.autograd.grad(y.sum(), (x, w))
+        assert bool(calls) == expect, f"GEMM={gemm} {dtype}: oneDNN matmul calls {calls}, expected some: {expect}"
+
+
+@pytest.mark.parametrize(("kernel", "stride", "pad"), PATHS[1:], ids=PATH_IDS[1:])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_an_input_only_backward_does_no_weight_gradient_work(
+    monkeypatch: pytest.MonkeyPatch, kernel, stride, pad, channels_last: bool
+) -> None:
+    """With a frozen weight (as the attacks have it) backward computes grad_input only: the weight-gradient passes
+    are not entered, and the input gradient still equals torch's."""
+
+    def forbidden(*args: object) -> None:
+        raise AssertionError("a weight-gradient pass ran for a weight that needs no gradient")
+
+    for name in ("_im2col_grad_weight", "_shift_grad_weight"):
+        monkeypatch.setattr(conv, name, forbidden)
+    x, w, b = _tensors((2, 3, 4, 9, 8, kernel, stride, pad), channels_last)
+    w.requires_grad_(False)
+    y = custom_conv2d(x, w, b, stride, pad, algorithm="fast")
+    dy = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, (x,), dy)
+    err = (gx - conv2d_input(x.shape, w, dy, stride, pad)).abs().max().item()
+    assert err < 1e-10, f"{kernel}/{stride}/{pad} cl={channels_last}: grad_input max abs error {err:.2e}"
+
+
+def test_gemm_helper_equals_a_times_b_transposed_plus_bias_on_both_routes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gemm(a, b, bias) = a·bᵀ + bias, also for a b that is a transposed view (how the fast path passes columns)."""
+    a, b_t, bias = torch.randn(37, 19), torch.randn(19, 23), torch.randn(23)
+    want = a.double() @ b_t.double() + bias.double()
+    for gemm in conv.GEMMS:
+        monkeypatch.setattr(conv, "GEMM", gemm)
+        err = (conv.gemm(a, b_t.t(), bias).double() - want).abs().max().item()
+        assert err < 1e-4, f"GEMM={gemm}: max abs error {err:.2e}"
