@@ -9,27 +9,30 @@ Two exact algorithms, chosen by one switch, `algorithm`:
   oneDNN's matmul (``"onednn"``, the default on CPU for float32/bfloat16) or torch.mm (``"blas"``; also CUDA and
   float64). On this AMD CPU torch.mm is MKL's sgemm, 2-3x slower than oneDNN on these shapes, which is most of what
   the earlier GEMM-based versions lost against ``F.conv2d``. oneDNN's matmul wants its first operand contiguous with
-  K along rows (it copies a strided one) and takes the second with any 2-D strides, so every GEMM is oriented so:
+  K along rows (it copies a strided one); its second may have any 2-D strides, but with two threads it ran 10-20x
+  slower on a big second operand whose rows are contiguous (cols or dY as (N, K)) than on the transpose of a
+  contiguous matrix or a small one. So every GEMM is oriented that way:
 
-  * K > 1 or stride > 1: im2col in batch chunks, one GEMM per chunk. On NCHW input the columns are channel-major,
-    (C·Kh·Kw, k·Ho·Wo), copied from the zero-padded channel-major chunk with no transposition; out = W·cols as
-    (C_out, k·L), copied into the NCHW output (bias fused into that copy). On channels-last input they are rows,
-    (k·L, Kh·Kw·C), and cols·Wᵀ (+ bias) are the output's rows.
+  * K > 1 or stride > 1: im2col in batch chunks, one GEMM per chunk. The columns are rows (k·L, Kh·Kw·C), copied
+    from the chunk zero-padded channels-last (for an NCHW input, that copy is its transposition), and
+    cols·W_matᵀ (+ bias) are the chunk's output rows, copied into the output in the input's layout.
     grad_input, stride 1: the same correlation run on dY with the flipped kernel, channels swapped, padding K-1-P
     (a negative one crops dY). Stride > 1: grad columns dY·W_mat, added back tap by tap (col2im) on a padded chunk.
-    grad_weight: Σ_chunks dY (C_out, k·L), copied channel-major, times the chunk's columns; on channels-last input
-    at stride 1 instead a kernel row at a time against the input rows widened to Kw·C columns (a Kw-fold copy
-    instead of the Kh·Kw-fold columns: `_shift_grad_weight`).
+    grad_weight: Σ_chunks dY (C_out, k·L), copied channel-major, times the columns (their transpose, as is); on
+    channels-last input at stride 1 instead a kernel row at a time against the input rows widened to Kw·C columns
+    (a Kw-fold copy instead of the Kh·Kw-fold columns: `_shift_grad_weight`).
   * 1×1, stride 1, no padding: a GEMM on views. Channels-last rows (N·H·W, C)·Wᵀ are the output; NCHW is one
     batched W·X[n] (torch.bmm: oneDNN's matmul has no batched form and would need a copy per sample).
 
-  Transients (padded chunks, columns, channel-major dY, widened rows) are views of one per-thread workspace
-  (``_scratch``, ≥ ``COLUMN_BUDGET_BYTES``) reused by every call; outputs and the GEMM results oneDNN allocates are
-  the only per-call allocations. Where speed and memory go against native (reports/conv.md, reports/memory.md,
-  ``python -m bench.conv.run``): with one thread the SimpleNet step is ~1.15-1.2x native's; the GEMMs themselves
-  run at native's speed, and the rest is the im2col copy (K² times the input) and the output copy. With two threads
-  on a loaded machine each batch chunk pays for its parallel regions (a copy, the GEMM, a copy) where a native
-  convolution is one, so small chunks that keep memory down cost time there.
+  Transients (padded chunks, columns, channel-major dY, widened rows) of a batch chunk stay under
+  ``COLUMN_BUDGET_BYTES``, as views of one buffer per call (``_scratch``) large enough that glibc maps it on its
+  own and unmaps it when the call ends, so nothing transient stays resident or stranded.
+
+  Where speed and memory go against native: reports/conv.md and reports/memory.md (``python -m bench.conv.run``).
+  The GEMMs themselves run at about native's speed; what is left is the im2col copy (Kh·Kw times the input), the
+  transposing copies an NCHW input and output pay around it, and, with two threads on a loaded CPU, a thread
+  hand-off per parallel region: a batch chunk has four (two copies, the GEMM, a copy) where a native convolution
+  has one, which is why the chunks are not made smaller to save memory.
 
 No convolution function is used inside: only unfold/fold, strided views, matmul and elementwise ops.
 """
@@ -37,7 +40,6 @@ No convolution function is used inside: only unfold/fold, strided views, matmul 
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any, Literal
 
 import torch
@@ -50,14 +52,16 @@ Algorithm = Literal["unfold", "fast"]
 ALGORITHMS: tuple[Algorithm, ...] = ("unfold", "fast")
 
 # The transient buffers of one batch chunk in the fast path (padded input, columns, channel-major dY, widened rows)
-# are kept under this size together: a few samples per chunk, where oneDNN's GEMM is fastest (the columns stay in
-# cache), and small next to a training step's activations (the workspace counts in the process's peak).
-# They live in a per-thread workspace (`_scratch`) that is allocated once and reused by every call, so a training
-# step makes few large transient allocations for the C allocator to strand (glibc keeps freed heap chunks mapped:
-# with per-call buffers a SimpleNet step's process peak was 1.7x native's).
-COLUMN_BUDGET_BYTES = 8 * 2**20
+# are kept under this size together: a few samples per chunk, small next to a training step's activations, and few
+# enough chunks that a call does not pay for many parallel regions (each costs a thread hand-off on a loaded CPU).
+COLUMN_BUDGET_BYTES = 16 * 2**20
 
-_WORKSPACES = threading.local()
+# A call's transients are views of one buffer at least this large, allocated per call. glibc serves an allocation
+# this size with its own mmap and unmaps it when it is freed (its dynamic mmap threshold stops at 32 MiB), so only
+# the pages a call touches are resident, only while it runs, and no freed heap chunk is left for the allocator to
+# strand. (Per-call buffers under the threshold made a SimpleNet step's process peak 1.7x native's; a persistent
+# workspace counts in every peak.)
+MMAP_BYTES = 33 * 2**20
 
 Gemm = Literal["onednn", "blas"]
 GEMMS: tuple[Gemm, ...] = ("onednn", "blas")
@@ -187,21 +191,13 @@ def gemm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def _scratch(like: Tensor, *sizes: int) -> list[Tensor]:
-    """Disjoint, uninitialised flat views of this thread's workspace for like's (device, dtype), one per size.
-
-    The workspace grows to the largest request (at least COLUMN_BUDGET_BYTES) and is reused by the next call: its
-    views are transient, valid until the next `_scratch` call on this thread, and never saved for backward nor
-    returned (outputs are fresh tensors the views are copied into). Per thread, so concurrent calls cannot share it.
-    """
+    """Disjoint, uninitialised flat views of one new buffer for like's (device, dtype), one per size, of at least
+    MMAP_BYTES (untouched pages cost nothing). They are transient: freed with the call, never saved for backward nor
+    returned (outputs are fresh tensors the views are copied into)."""
     align = max(1, 64 // like.element_size())
     total = sum(-(-size // align) * align for size in sizes)
-    buffers = _WORKSPACES.__dict__.setdefault("buffers", {})
-    key = (like.device, like.dtype)
-    if key not in buffers or buffers[key].numel() < total:
-        buffers.pop(key, None)  # free the old buffer before the larger one is made
-        numel = max(total, COLUMN_BUDGET_BYTES // like.element_size())
-        buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
-    flat, views, start = buffers[key], [], 0
+    flat = torch.empty(max(total, MMAP_BYTES // like.element_size()), dtype=like.dtype, device=like.device)
+    views, start = [], 0
     for size in sizes:
         views.append(flat[start : start + size])
         start += -(-size // align) * align
@@ -229,13 +225,6 @@ def _pad_into(dst: Tensor, src: Tensor, pad: Pair) -> Tensor:
     return dst
 
 
-def _padded_planes(x: Tensor, i: int, k: int, pad: Pair, flat: Tensor) -> Tensor:
-    """Samples i .. i+k of x (any layout), padded channel-major into the workspace: (C, k, Hp, Wp)."""
-    c, h, w = x.shape[1:]
-    planes = flat[: c * k * (h + 2 * pad[0]) * (w + 2 * pad[1])].view(c, k, h + 2 * pad[0], w + 2 * pad[1])
-    return _pad_into(planes.transpose(0, 1), x[i : i + k], pad).transpose(0, 1)
-
-
 def _padded_rows(x: Tensor, i: int, k: int, pad: Pair, flat: Tensor) -> Tensor:
     """Samples i .. i+k of x (any layout), padded channels-last into the workspace: (k, Hp, Wp, C)."""
     c, h, w = x.shape[1:]
@@ -244,26 +233,17 @@ def _padded_rows(x: Tensor, i: int, k: int, pad: Pair, flat: Tensor) -> Tensor:
 
 
 def _columns(
-    x: Tensor, i: int, k: int, kernel: Pair, stride: Pair, pad: Pair, out_hw: Pair, ws: list[Tensor], rows: bool
-):
-    """im2col of samples i .. i+k as a (K, k·L) matrix of the workspace (ws: padded input, columns).
-
-    Channel-major (rows=False, for NCHW): contiguous, K ordered (c, a, b) like ``weight.view(C_out, -1)``, built from
-    the padded planes with no transposition. Channels-last (rows=True): the transposed view of contiguous
-    (k·L, K) rows, K ordered (a, b, c) like :func:`_weight_matrix`. Either is a GEMM operand oneDNN takes as is.
-    """
+    x: Tensor, i: int, k: int, kernel: Pair, stride: Pair, pad: Pair, out_hw: Pair, ws: list[Tensor]
+) -> Tensor:
+    """im2col of samples i .. i+k (any layout) as contiguous (k·L, Kh·Kw·C) rows in the workspace (ws: padded input,
+    columns), K ordered (a, b, c) like :func:`_weight_matrix`: copied from the zero-padded channels-last chunk, whose
+    copy is the only transposition an NCHW input pays."""
     c, (kh, kw), (ho, wo), (sh, sw) = x.shape[1], kernel, out_hw, stride
-    if rows:
-        xp = _padded_rows(x, i, k, pad, ws[0])
-        s_n, s_h, s_w, s_c = xp.stride()
-        window = xp.as_strided((k, ho, wo, kh, kw, c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
-        cols = ws[1][: k * ho * wo * kh * kw * c].view(k, ho, wo, kh, kw, c)
-        return cols.copy_(window).view(k * ho * wo, kh * kw * c).t()
-    xp = _padded_planes(x, i, k, pad, ws[0])
-    s_c, s_n, s_h, s_w = xp.stride()
-    window = xp.as_strided((c, kh, kw, k, ho, wo), (s_c, s_h, s_w, s_n, s_h * sh, s_w * sw))
-    cols = ws[1][: c * kh * kw * k * ho * wo].view(c, kh, kw, k, ho, wo)
-    return cols.copy_(window).view(c * kh * kw, k * ho * wo)
+    xp = _padded_rows(x, i, k, pad, ws[0])
+    s_n, s_h, s_w, s_c = xp.stride()
+    window = xp.as_strided((k, ho, wo, kh, kw, c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
+    cols = ws[1][: k * ho * wo * kh * kw * c].view(k, ho, wo, kh, kw, c)
+    return cols.copy_(window).view(k * ho * wo, kh * kw * c)
 
 
 def _weight_matrix(weight: Tensor) -> Tensor:
@@ -279,8 +259,9 @@ def _layout_empty(like: Tensor, shape: tuple[int, int, int, int], rows: bool) ->
 def _im2col_forward(
     x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair, rows: bool
 ) -> Tensor:
-    """The convolution as im2col + one GEMM per batch chunk (the chunk's columns in the workspace); the output is
-    channels-last if `rows`, else NCHW. A negative pad crops (the stride-1 grad_input runs this on dY)."""
+    """The convolution as im2col + one GEMM per batch chunk, cols (k·L, K)·W_matᵀ (+ bias), whose (k·L, C_out) rows
+    are copied into the output, channels-last if `rows`, else NCHW. A negative pad crops (the stride-1 grad_input
+    runs this on dY)."""
     n, c, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     length, taps = out_hw[0] * out_hw[1], c * kh * kw
@@ -288,42 +269,30 @@ def _im2col_forward(
     plane = (h + 2 * pad[0]) * (w + 2 * pad[1]) * c
     step = _chunk(n, (plane + taps * length) * x.element_size())
     ws = _scratch(x, step * plane, step * taps * length)
-    if rows:  # (k·L, K)·(C_out, K)ᵀ: the chunk's output rows, bias included
-        w_mat, out_rows = _weight_matrix(weight), out.permute(0, 2, 3, 1).view(n * length, c_out)
-    else:  # (C_out, K)·(k·L, K)ᵀ: the chunk's output channel-major, (C_out, k, Ho, Wo)
-        w_mat = weight.reshape(c_out, taps)
+    w_mat = _weight_matrix(weight)  # (C_out, Kh·Kw·C)
     for i in range(0, n, step):
         k = min(step, n - i)
-        cols = _columns(x, i, k, (kh, kw), stride, pad, out_hw, ws, rows)  # (K, k·L)
-        if rows:
-            out_rows[i * length : (i + k) * length].copy_(gemm(cols.t(), w_mat, bias))
-            continue
-        y = gemm(w_mat, cols.t()).view(c_out, k, *out_hw).transpose(0, 1)
-        if bias is None:
-            out[i : i + k].copy_(y)
-        else:
-            torch.add(y, bias.view(1, c_out, 1, 1), out=out[i : i + k])
+        y = gemm(_columns(x, i, k, (kh, kw), stride, pad, out_hw, ws), w_mat, bias)  # (k·L, C_out)
+        out[i : i + k].copy_(y.view(k, *out_hw, c_out).permute(0, 3, 1, 2))
     return out
 
 
-def _im2col_grad_weight(x: Tensor, grad_out: Tensor, kernel: Pair, stride: Pair, pad: Pair, rows: bool) -> Tensor:
-    """dW = Σ_chunks dY (C_out, k·L) · colsᵀ, with dY copied channel-major into the workspace."""
+def _im2col_grad_weight(x: Tensor, grad_out: Tensor, kernel: Pair, stride: Pair, pad: Pair) -> Tensor:
+    """dW = Σ_chunks dY (C_out, k·L), copied channel-major into the workspace, times the chunk's columns."""
     n, c, h, w = x.shape
     c_out, ho, wo = grad_out.shape[1:]
     (kh, kw), length = kernel, ho * wo
     plane = (h + 2 * pad[0]) * (w + 2 * pad[1]) * c
     step = _chunk(n, (plane + (c * kh * kw + c_out) * length) * x.element_size())
     ws = _scratch(x, step * plane, step * c * kh * kw * length, step * c_out * length)
-    grad_w = grad_out.new_zeros(c_out, c * kh * kw)
+    grad_w = grad_out.new_zeros(c_out, kh * kw * c)
     for i in range(0, n, step):
         k = min(step, n - i)
-        cols = _columns(x, i, k, kernel, stride, pad, (ho, wo), ws, rows)  # (K, k·L)
+        cols = _columns(x, i, k, kernel, stride, pad, (ho, wo), ws)  # (k·L, K)
         dy = ws[2][: c_out * k * length].view(c_out, k, ho, wo)
         dy.copy_(grad_out[i : i + k].transpose(0, 1))
-        grad_w += gemm(dy.view(c_out, k * length), cols)
-    if rows:
-        return grad_w.view(c_out, kh, kw, c).permute(0, 3, 1, 2).contiguous()
-    return grad_w.view(c_out, c, kh, kw)
+        grad_w += gemm(dy.view(c_out, k * length), cols.t())  # oneDNN takes the columns' transpose as is
+    return grad_w.view(c_out, kh, kw, c).permute(0, 3, 1, 2).contiguous()
 
 
 def _shift_grad_weight(x: Tensor, grad_out: Tensor, kernel: Pair, pad: Pair) -> Tensor:
@@ -456,7 +425,7 @@ def _fast_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | 
     if ctx.needs_input_grad[1] and ctx.stride == (1, 1) and rows:
         grad_weight = _shift_grad_weight(x, grad_out, (kh, kw), ctx.pad)
     elif ctx.needs_input_grad[1]:
-        grad_weight = _im2col_grad_weight(x, grad_out, (kh, kw), ctx.stride, ctx.pad, rows)
+        grad_weight = _im2col_grad_weight(x, grad_out, (kh, kw), ctx.stride, ctx.pad)
     return grad_input, grad_weight
 
 
