@@ -28,18 +28,23 @@ Two exact algorithms, chosen by one switch, `algorithm`:
   ``COLUMN_BUDGET_BYTES``, as views of one buffer per call (``_scratch``) large enough that glibc maps it on its
   own and unmaps it when the call ends, so nothing transient stays resident or stranded.
 
+  The copies run on the calling thread and only the GEMMs on the intra-op pool (`_copies_on_this_thread`): on a
+  loaded CPU each parallel region waits for a pool thread to be scheduled, and a batch chunk has four (two copies,
+  the GEMM, a copy) where a native convolution has one.
+
   Where speed and memory go against native: reports/conv.md and reports/memory.md (``python -m bench.conv.run``).
-  The GEMMs themselves run at about native's speed; what is left is the im2col copy (Kh·Kw times the input), the
-  transposing copies an NCHW input and output pay around it, and, with two threads on a loaded CPU, a thread
-  hand-off per parallel region: a batch chunk has four (two copies, the GEMM, a copy) where a native convolution
-  has one, which is why the chunks are not made smaller to save memory.
+  The GEMMs themselves run at about native's speed; what is left is the im2col copy (Kh·Kw times the input) and
+  the transposing copies an NCHW input and output pay around it.
 
 No convolution function is used inside: only unfold/fold, strided views, matmul and elementwise ops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -165,6 +170,29 @@ def _onednn_matmul() -> Any:
 
 _ONEDNN_MATMUL = _onednn_matmul()
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+_GEMM_THREADS = threading.local()  # .n: the intra-op pool size gemm restores inside `_copies_on_this_thread`
+
+
+@contextlib.contextmanager
+def _copies_on_this_thread(like: Tensor) -> Iterator[None]:
+    """Run a CPU call's copies on the calling thread and only its GEMMs (inside `gemm`) on the intra-op pool.
+
+    The copies (padding, im2col, layout) are memory-bound and short, so on a loaded CPU a parallel region costs
+    more in handing work to the pool's other threads (each waits for one of them to be scheduled) than it saves:
+    with two threads a SimpleNet step ran ~1.8x native's with pooled copies and ~0.85-1.1x with copies here. The
+    pool size is restored on exit, also on an exception.
+    """
+    threads = torch.get_num_threads()
+    if like.device.type != "cpu" or threads == 1:
+        yield
+        return
+    _GEMM_THREADS.n = threads
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        _GEMM_THREADS.n = None
 
 
 def gemm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -173,6 +201,17 @@ def gemm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     "onednn" applies on CPU to float32/bfloat16 with `a` contiguous (oneDNN copies a strided `a`; `b` may have any
     2-D strides, oneDNN reorders it anyway); anything else (CUDA, float64, a strided `a`, "blas") runs torch.mm.
     """
+    threads = getattr(_GEMM_THREADS, "n", None)
+    if threads is None:
+        return _gemm(a, b, bias)
+    torch.set_num_threads(threads)
+    try:
+        return _gemm(a, b, bias)
+    finally:
+        torch.set_num_threads(1)
+
+
+def _gemm(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
     if (
         GEMM == "onednn"
         and _ONEDNN_MATMUL is not None
@@ -192,11 +231,13 @@ def gemm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def _scratch(like: Tensor, *sizes: int) -> list[Tensor]:
     """Disjoint, uninitialised flat views of one new buffer for like's (device, dtype), one per size, of at least
-    MMAP_BYTES (untouched pages cost nothing). They are transient: freed with the call, never saved for backward nor
-    returned (outputs are fresh tensors the views are copied into)."""
+    MMAP_BYTES once it holds 1 MiB (untouched pages cost nothing). They are transient: freed with the call, never
+    saved for backward nor returned (outputs are fresh tensors the views are copied into)."""
     align = max(1, 64 // like.element_size())
     total = sum(-(-size // align) * align for size in sizes)
-    flat = torch.empty(max(total, MMAP_BYTES // like.element_size()), dtype=like.dtype, device=like.device)
+    if total * like.element_size() >= 2**20:  # a small one cannot strand much, and mapping it costs more
+        total = max(total, MMAP_BYTES // like.element_size())
+    flat = torch.empty(total, dtype=like.dtype, device=like.device)
     views, start = [], 0
     for size in sizes:
         views.append(flat[start : start + size])
@@ -403,7 +444,8 @@ def _pointwise_backward(ctx: Any, x: Tensor, weight: Tensor, grad_out: Tensor) -
 def _fast_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair) -> Tensor:
     if _is_pointwise(weight.shape, stride, pad):
         return _pointwise_forward(x, weight, bias)
-    return _im2col_forward(x, weight, bias, stride, pad, out_hw, rows=is_channels_last(x))
+    with _copies_on_this_thread(x):
+        return _im2col_forward(x, weight, bias, stride, pad, out_hw, rows=is_channels_last(x))
 
 
 def _fast_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -413,19 +455,20 @@ def _fast_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | 
     if _is_pointwise(ctx.weight_shape, ctx.stride, ctx.pad):
         return _pointwise_backward(ctx, x, weight, grad_out)
     (kh, kw), (ph, pw), rows = ctx.weight_shape[2:], ctx.pad, ctx.channels_last
-    grad_input = grad_weight = None
-    if ctx.needs_input_grad[0] and ctx.stride == (1, 1):
-        # The stride-1 grad_input is a correlation of dY with the flipped kernel, channels swapped, padding K-1-P.
-        flipped = weight.flip(2, 3).transpose(0, 1)
-        grad_input = _im2col_forward(
-            grad_out, flipped, None, (1, 1), (kh - 1 - ph, kw - 1 - pw), ctx.input_shape[2:], rows
-        )
-    elif ctx.needs_input_grad[0]:
-        grad_input = _col2im_grad_input(grad_out, weight, ctx.input_shape, ctx.stride, ctx.pad, rows)
-    if ctx.needs_input_grad[1] and ctx.stride == (1, 1) and rows:
-        grad_weight = _shift_grad_weight(x, grad_out, (kh, kw), ctx.pad)
-    elif ctx.needs_input_grad[1]:
-        grad_weight = _im2col_grad_weight(x, grad_out, (kh, kw), ctx.stride, ctx.pad)
+    with _copies_on_this_thread(grad_out):
+        grad_input = grad_weight = None
+        if ctx.needs_input_grad[0] and ctx.stride == (1, 1):
+            # The stride-1 grad_input is a correlation of dY with the flipped kernel, channels swapped, padding K-1-P.
+            flipped = weight.flip(2, 3).transpose(0, 1)
+            grad_input = _im2col_forward(
+                grad_out, flipped, None, (1, 1), (kh - 1 - ph, kw - 1 - pw), ctx.input_shape[2:], rows
+            )
+        elif ctx.needs_input_grad[0]:
+            grad_input = _col2im_grad_input(grad_out, weight, ctx.input_shape, ctx.stride, ctx.pad, rows)
+        if ctx.needs_input_grad[1] and ctx.stride == (1, 1) and rows:
+            grad_weight = _shift_grad_weight(x, grad_out, (kh, kw), ctx.pad)
+        elif ctx.needs_input_grad[1]:
+            grad_weight = _im2col_grad_weight(x, grad_out, (kh, kw), ctx.stride, ctx.pad)
     return grad_input, grad_weight
 
 
