@@ -21,7 +21,7 @@ Two exact algorithms, chosen by one switch, `algorithm`:
     grad_weight: Σ_chunks dY (C_out, k·L), copied channel-major, times the columns (their transpose, as is); on
     channels-last input at stride 1 instead a kernel row at a time against the input rows widened to Kw·C columns
     (a Kw-fold copy instead of the Kh·Kw-fold columns: `_shift_grad_weight`).
-  * 1×1, stride 1, no padding: a GEMM on views. Channels-last rows (N·H·W, C)·Wᵀ are the output; NCHW is one
+  * 1×1, stride 1, no padding: a GEMM on views. Channels-last rows (N·H·W, C)·Wᵀ, copied into the output; NCHW one
     batched W·X[n] (torch.bmm: oneDNN's matmul has no batched form and would need a copy per sample).
 
   Transients (padded chunks, columns, channel-major dY, widened rows) of a batch chunk stay under
@@ -394,13 +394,14 @@ def _is_pointwise(weight_shape: tuple[int, ...], stride: Pair, pad: Pair) -> boo
 
 
 def _pointwise_forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """A 1×1 conv is a GEMM on views: channels-last rows (N·H·W, C)·Wᵀ, whose result is the output; on NCHW one
+    """A 1×1 conv is a GEMM on views: channels-last rows (N·H·W, C)·Wᵀ, copied into the output; on NCHW one
     batched W·X[n] (torch.bmm: oneDNN's matmul has no batched form and would need a copy per sample)."""
     n, c, h, w = x.shape
     c_out = weight.shape[0]
     if is_channels_last(x):
         y = gemm(x.permute(0, 2, 3, 1).reshape(n * h * w, c), weight.view(c_out, c), bias)  # (N·H·W, C_out)
-        return y.view(n, h, w, c_out).permute(0, 3, 1, 2)
+        # Copied, not returned as a view: autograd forbids in-place ops (ReLU) on a view made inside a Function.
+        return _layout_empty(x, (n, c_out, h, w), True).copy_(y.view(n, h, w, c_out).permute(0, 3, 1, 2))
     out = x.new_empty(n, c_out, h, w)
     torch.bmm(weight.view(c_out, c).expand(n, c_out, c), x.view(n, c, h * w), out=out.view(n, c_out, h * w))
     if bias is not None:

@@ -248,3 +248,16 @@ def test_copies_run_on_the_calling_thread_gemms_on_the_pool_and_the_pool_size_is
         assert torch.get_num_threads() == 2, f"a failed call left {torch.get_num_threads()} threads, not 2"
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "pad"), PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_the_output_survives_an_in_place_relu_in_both_layouts(kernel, stride, pad, channels_last: bool) -> None:
+    """SimpleNet applies ReLU(inplace=True) to every conv output: autograd refuses that on a view made inside a
+    Function, so every path must return a tensor of its own, and the gradients through the ReLU equal torch's."""
+    x, w, b = _tensors((2, 3, 4, 9, 8, kernel, stride, pad), channels_last)
+    y = torch.relu_(custom_conv2d(x, w, b, stride, pad, algorithm="fast"))
+    ref = torch.relu_(F.conv2d(x, w, b, stride, pad))
+    got, want = torch.autograd.grad(y.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))
+    err = max((g - r).abs().max().item() for g, r in zip(got, want, strict=True))
+    assert err < 1e-10, f"{kernel}/{stride}/{pad} cl={channels_last}: max abs gradient error {err:.2e}"
