@@ -491,7 +491,9 @@ def sweep_specs(
 ) -> list[AttackSpec]:
     """The seed's tables: PGD steps {5, 10, 20} at ε, PGD at ε × {½, 1, 1½} with FGSM and noise at each ε, and a probe.
 
-    The step size stays fixed across the ε sweep, as in the seed. The chance probe (default ε: 1.0 normalized,
+    The ε rows scale the step size with ε (α·scale), so that their steps span each ball as the base's span its own:
+    with α fixed (the course's 0.01 and 10 steps reach at most 0.1), the ε × 1½ row could never leave the ε 0.1 ball
+    and repeated the base attack image for image. The chance probe (default ε: 1.0 normalized,
     32/255 pixels) uses α = 2.5·ε/steps (Madry et al.) so that the steps can reach the ball's edge. `early_stop`
     early-stops every PGD of the sweep, the probe included (pixel mode only).
     """
@@ -503,7 +505,8 @@ def sweep_specs(
     specs = {pgd_at(base.eps, n) for n in steps_sweep}
     for scale in eps_scales:
         e = base.eps * scale
-        specs |= {pgd_at(e, steps), AttackSpec("fgsm", mode, e), AttackSpec("noise", mode, e)}
+        a = alpha if scale == 1 else base.step_size * scale
+        specs |= {pgd_at(e, steps, a), AttackSpec("fgsm", mode, e), AttackSpec("noise", mode, e)}
     probe = (1.0 if mode == "course" else 32 / 255) if chance_eps is None else chance_eps
     specs.add(pgd_at(probe, steps, 2.5 * probe / max(steps, 1), probe=True))
     order = {"pgd": 0, "fgsm": 1, "noise": 2}

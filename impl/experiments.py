@@ -697,18 +697,11 @@ EPS_SCALES = (0.5, 1.5)  # the ε sweep around the course's ε (the seed's rows:
 
 def course_sweep_specs() -> list[Any]:
     """The course-mode sweep: PGD-5/10/20 at the course's ε 0.1 and α 0.01, PGD-10 at ε × ½ and × 1½ with α scaled
-    alike (α = ε/10, so ten steps span each ball as the course's do: with α fixed at 0.01, ten steps never leave the
-    ε 0.1 ball and the × 1½ row repeats the course's attack image for image), FGSM and noise at each ε, the ε 1.0
-    chance probe; in `impl.attack.sweep_specs`' order."""
-    from impl.attack import AttackSpec, sweep_specs
+    alike (`impl.attack.sweep_specs`: with α fixed at 0.01, ten steps never leave the ε 0.1 ball and the × 1½ row
+    would repeat the course's attack image for image), FGSM and noise at each ε, the ε 1.0 chance probe."""
+    from impl.attack import sweep_specs
 
-    specs = sweep_specs("course", COURSE_EPS, alpha=COURSE_ALPHA, eps_scales=(1.0,))
-    for scale in EPS_SCALES:
-        eps = COURSE_EPS * scale
-        specs += [AttackSpec("pgd", "course", eps, 10, COURSE_ALPHA * scale), AttackSpec("fgsm", "course", eps),
-                  AttackSpec("noise", "course", eps)]  # fmt: skip
-    order = {"pgd": 0, "fgsm": 1, "noise": 2}
-    return sorted(specs, key=lambda a: (a.chance_probe, order[a.kind], a.eps, a.steps))
+    return sweep_specs("course", COURSE_EPS, alpha=COURSE_ALPHA, eps_scales=(EPS_SCALES[0], 1.0, EPS_SCALES[1]))
 
 
 def _run_attack(

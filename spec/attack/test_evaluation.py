@@ -61,6 +61,14 @@ def test_sweep_has_the_seeds_tables_and_baselines():
 
 
 @pytest.mark.parametrize("mode", ["course", "pixel"])
+def test_sweep_eps_rows_scale_the_step_so_each_ball_is_spanned_alike(mode):
+    specs = [s for s in sweep_specs(mode) if s.kind == "pgd" and not s.chance_probe and s.steps == 10]
+    assert len(specs) == 3, [s.name for s in specs]
+    reach = {s.name: s.steps * s.step_size / s.eps for s in specs}
+    assert max(reach.values()) == pytest.approx(min(reach.values())), f"steps·α/ε differs across the ε rows: {reach}"
+
+
+@pytest.mark.parametrize("mode", ["course", "pixel"])
 def test_sanity_report_passes_on_a_trained_model(trained, mode):
     model, images, labels = trained
     eps = 0.15 if mode == "course" else 8 / 255
