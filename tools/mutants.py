@@ -56,8 +56,9 @@ SCOPE: tuple[str, ...] = (
     "impl.conv.xǁCustomConv2dǁreset_parameters*",
     "impl.conv.xǁCustomConv2dǁforward*",
     "impl.conv.x_custom_conv2d*",
-    # the routing the fast conv's GEMMs and layouts go through (its kernels, ~1,100 mutants, are not in the scope)
-    "impl.conv.x_gemm*",
+    # the fast Function and the routing its GEMMs and layouts go through (its kernels, ~1,300 mutants, are not)
+    "impl.conv.xǁFastConv2DFunctionǁ*",
+    "impl.conv.x__gemm*",
     "impl.conv.x__is_pointwise*",
     "impl.conv.x__layout_empty*",
     "impl.attention.x_window_partition*",
@@ -81,8 +82,11 @@ STATUS |= {-24: "timeout", 152: "timeout", 255: "timeout", None: "not checked", 
 
 # Survivors that no test can kill, keyed by function and the edit ("old line → new line", stripped), with the reason.
 # A key names the edit, not mutmut's number, so it survives renumbering when the file changes elsewhere.
-_SCALE = "a positive factor on the loss leaves every gradient sign, hence the attack, unchanged (only fp16 underflow "
-_SCALE += "on CUDA autocast, which the factor guards against, could tell them apart)"
+_SCALE = (
+    "× C (classes) instead of × B: a positive factor leaves every gradient sign, hence the attack, unchanged; only "
+    "float16 underflow of the per-example gradient (p - y)·C/B could tell them apart, at batches far beyond a test's "
+    "(spec/attack/test_pgd_edges.py's float16 test kills the ÷ B mutant, (p - y)/B², at B = 4096)"
+)
 _PGD_LOSS = "attack.xǁPGDAttackǁperturb: return self.loss_fn(_upcast(logits), target) * logits.shape[0] → "
 _SDPA = "SDPA's default scale is 1/√head_dim, which is what self.scale always is"
 _IDENTITY = "DropPath(0.0) is the identity in every mode, as nn.Identity is"
@@ -98,7 +102,6 @@ _LO_WHY = (
 SURVIVORS: dict[str, str] = {
     _LO.format("None"): _LO_WHY,
     _LO.format(""): _LO_WHY,
-    _PGD_LOSS + "return self.loss_fn(_upcast(logits), target) / logits.shape[0]": _SCALE,
     _PGD_LOSS + "return self.loss_fn(_upcast(logits), target) * logits.shape[1]": _SCALE,
     _BLOCK_DROP + "(drop_path > 0.0) or True else nn.Identity()": _IDENTITY,
     _BLOCK_DROP + "drop_path >= 0.0 else nn.Identity()": _IDENTITY,
@@ -116,6 +119,34 @@ SURVIVORS: dict[str, str] = {
     "attention.xǁAttentionǁforward: attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, nH, L, L) → attn = (q * "
     "self.scale) @ k.transpose(+2, -1)  # (B, nH, L, L)": "k is (B, nH, L, hd): dimension 2 is dimension -2",
 }
+# The fast conv's GEMM helper: which of two exact GEMMs runs is a speed question (bench/conv).
+_ROUTE = "the same product by the other routine (torch.mm instead of oneDNN) for a 1-element operand: one multiply"
+_EMPTY = (
+    "oneDNN multiplies an empty batch or zero output channels to the same empty result; the one empty shape it "
+    "refuses, K = 0, needs a weight with zero input channels, which CustomConv2d refuses (and F.conv2d has no answer "
+    "to compare)"
+)
+_ALGO = "with attr 'none' oneDNN's _linear_pointwise ignores the algorithm string (same bits for '', None or 'XXXX')"
+_ONEDNN = 'return _ONEDNN_MATMUL(a, b, bias, "none", [], "") → return _ONEDNN_MATMUL(a, b, bias, "none", [], {})'
+for _operand in ("a", "b"):
+    SURVIVORS[f"conv.x__gemm: and {_operand}.numel() > 0 → and {_operand}.numel() >= 0"] = _EMPTY
+    SURVIVORS[f"conv.x__gemm: and {_operand}.numel() > 0 → and {_operand}.numel() > 1"] = _ROUTE
+for _algo in ("None", '"XXXX"'):
+    SURVIVORS[f"conv.x__gemm: {_ONEDNN.format(_algo)}"] = _ALGO
+_CONTIGUOUS = "if grad_input is not None and ctx.algorithm == {} and not ctx.channels_last:"
+for _algo in ('"XXfastXX"', '"FAST"'):
+    SURVIVORS[f"conv.x__backward: {_CONTIGUOUS.format(chr(34) + 'fast' + chr(34))} → {_CONTIGUOUS.format(_algo)}"] = (
+        "every fast backward route writes grad_input into a fresh tensor in the input's layout (_layout_empty or "
+        "new_empty), so for an NCHW input the .contiguous() it skips is a no-op (spec/conv/test_layouts.py checks it)"
+    )
+SURVIVORS[
+    "conv.x__fast_backward: if ctx.needs_input_grad[0] and ctx.stride == (1, 1): → if ctx.needs_input_grad[1] and "
+    "ctx.stride == (1, 1):"
+] = (
+    "the same gradients by other routes: with only the weight's gradient asked it also computes a grad_input that "
+    "autograd drops, with only the input's it takes the strided route (col2im), which is exact at stride 1 too; a cost "
+    "(bench/conv), not a value"
+)
 # SimpleNet's layer table spells out stride=1 and padding=0, nn.Conv2d's (and CustomConv2d's) defaults.
 _DEFAULTS = "stride 1 and padding 0 are nn.Conv2d's defaults"
 for _c_in, _c_out, _k, _p in [(64, 64, 1, 0), (64, 64, 3, 1), (64, 256, 1, 0), (256, 128, 1, 0), (128, 128, 3, 1)] + [

@@ -144,3 +144,48 @@ def test_pixel_pgd_equals_its_out_of_place_transcription_bit_for_bit(trained, ta
     want = _out_of_place_pgd(model, x, y, 8 / 255, 2 / 255, 4, targeted, torch.Generator().manual_seed(5))
     diff = (got - want).abs().max().item()
     assert torch.equal(got, want), f"targeted={targeted}: max difference {diff:.3g} from the out-of-place PGD"
+
+
+class _FlattensByBatchSize(nn.Module):
+    """The classic flatten, `x.view(x.size(0), -1)`: it cannot take an empty batch (-1 is ambiguous at 0 elements)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 12 * 12, NUM_CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_an_empty_batch_comes_back_as_an_empty_copy_without_calling_the_model() -> None:
+    empty = random_images(0, seed=0)
+    adv = PGDAttack(nn.CrossEntropyLoss(), num_steps=2).perturb(_FlattensByBatchSize(), empty)
+    assert adv.shape == empty.shape and adv is not empty, (
+        f"empty batch gave {tuple(adv.shape)}, the same tensor: {adv is empty}"
+    )
+
+
+def test_the_result_is_a_valid_image_when_the_input_sits_in_the_accepted_slack_below_zero() -> None:
+    """Pixels down to -1e-3 pass the range check (float rounding); with ε smaller than that overshoot the ε-ball lies
+    wholly below the box, and the box wins: every pixel comes back >= 0."""
+    pixels = torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+    pixels[:, :, :6] = -5e-4
+    images = (pixels - MEAN) / STD
+    adv = PGDAttack(nn.CrossEntropyLoss(), num_steps=2, step_size=1e-4, epsilon=1e-4).perturb(TinyNet().eval(), images)
+    lowest = (adv * STD + MEAN).min().item()
+    assert lowest >= -1e-6, f"adversarial pixel {lowest:.3g} below 0 (clean pixels at -5e-4, ε = 1e-4 normalized)"
+
+
+def test_a_float16_model_moves_every_pixel_at_a_large_batch() -> None:
+    """A mean-reduced loss gives each example's logits a gradient of (p - y)/B; scaled by B again the input gradient
+    stays representable in float16, so sign() moves every pixel the float32 attack moves."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, NUM_CLASSES)).eval()
+    images = random_images(4096, seed=2)
+    attack = PGDAttack(nn.CrossEntropyLoss(), num_steps=1, step_size=0.01, epsilon=0.1)
+    moved32 = (attack.perturb(model, images) != images).double().mean().item()
+    half = images.half()
+    moved16 = (attack.perturb(model.half(), half) != half).double().mean().item()
+    assert moved32 > 0.999 and moved16 > 0.99 * moved32, (
+        f"pixels moved: {moved16:.4f} in float16, {moved32:.4f} in float32"
+    )
