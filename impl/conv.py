@@ -169,7 +169,17 @@ def _onednn_matmul() -> Any:
 
 
 _ONEDNN_MATMUL = _onednn_matmul()
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _onednn_takes(dtype: torch.dtype) -> bool:
+    """Whether oneDNN runs this dtype here, asked at call time: `torch.backends.mkldnn.flags(enabled=False)` turns
+    it off as it does for native convolutions, and bfloat16 only where the CPU has native bf16 kernels (elsewhere
+    oneDNN falls back to a slow reference one)."""
+    if not torch.backends.mkldnn.enabled:
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 _GEMM_THREADS = threading.local()  # .n: the intra-op pool size gemm restores inside `_copies_on_this_thread`
 
 
@@ -216,12 +226,13 @@ def _gemm(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
         GEMM == "onednn"
         and _ONEDNN_MATMUL is not None
         and a.device.type == "cpu"
-        and a.dtype in _ONEDNN_DTYPES
         and a.is_contiguous()
         and a.numel() > 0
         and b.numel() > 0
+        and _onednn_takes(a.dtype)
     ):
-        return _ONEDNN_MATMUL(a, b, bias, "none", [], "")
+        # oneDNN reads the bias as dense whatever its strides (a strided or expanded one gave wrong sums)
+        return _ONEDNN_MATMUL(a, b, None if bias is None else bias.contiguous(), "none", [], "")
     return torch.mm(a, b.t()) if bias is None else torch.addmm(bias, a, b.t())
 
 
@@ -235,7 +246,8 @@ def _scratch(like: Tensor, *sizes: int) -> list[Tensor]:
     saved for backward nor returned (outputs are fresh tensors the views are copied into)."""
     align = max(1, 64 // like.element_size())
     total = sum(-(-size // align) * align for size in sizes)
-    if total * like.element_size() >= 2**20:  # a small one cannot strand much, and mapping it costs more
+    # CPU only: glibc's heap is what strands pages; on CUDA the padding would only inflate max_memory_allocated
+    if like.device.type == "cpu" and total * like.element_size() >= 2**20:
         total = max(total, MMAP_BYTES // like.element_size())
     flat = torch.empty(total, dtype=like.dtype, device=like.device)
     views, start = [], 0
@@ -243,6 +255,13 @@ def _scratch(like: Tensor, *sizes: int) -> list[Tensor]:
         views.append(flat[start : start + size])
         start += -(-size // align) * align
     return views
+
+
+def _grad_accumulator(like: Tensor, *shape: int) -> Tensor:
+    """Zeros for a weight gradient summed over batch chunks: float32 for half types (a bfloat16 running sum rounds
+    once per chunk, 3-7x native's error at one sample per chunk), else like's dtype. Cast back with `.to`."""
+    low = like.dtype in (torch.float16, torch.bfloat16)
+    return like.new_zeros(shape, dtype=torch.float32 if low else like.dtype)
 
 
 def _chunk(n: int, sample_bytes: int) -> int:
@@ -326,14 +345,14 @@ def _im2col_grad_weight(x: Tensor, grad_out: Tensor, kernel: Pair, stride: Pair,
     plane = (h + 2 * pad[0]) * (w + 2 * pad[1]) * c
     step = _chunk(n, (plane + (c * kh * kw + c_out) * length) * x.element_size())
     ws = _scratch(x, step * plane, step * c * kh * kw * length, step * c_out * length)
-    grad_w = grad_out.new_zeros(c_out, kh * kw * c)
+    grad_w = _grad_accumulator(grad_out, c_out, kh * kw * c)
     for i in range(0, n, step):
         k = min(step, n - i)
         cols = _columns(x, i, k, kernel, stride, pad, (ho, wo), ws)  # (k·L, K)
         dy = ws[2][: c_out * k * length].view(c_out, k, ho, wo)
         dy.copy_(grad_out[i : i + k].transpose(0, 1))
         grad_w += gemm(dy.view(c_out, k * length), cols.t())  # oneDNN takes the columns' transpose as is
-    return grad_w.view(c_out, kh, kw, c).permute(0, 3, 1, 2).contiguous()
+    return grad_w.to(x.dtype).view(c_out, kh, kw, c).permute(0, 3, 1, 2).contiguous()
 
 
 def _shift_grad_weight(x: Tensor, grad_out: Tensor, kernel: Pair, pad: Pair) -> Tensor:
@@ -348,7 +367,7 @@ def _shift_grad_weight(x: Tensor, grad_out: Tensor, kernel: Pair, pad: Pair) -> 
     last = (kh - 1) * wp + kw - 1  # offset of the last tap
     step = _chunk(n, (c * (1 + kw) + c_out) * hp * wp * x.element_size())
     rows_ws, wide_ws, dy_ws = _scratch(x, step * c * hp * wp, step * kw * c * hp * wp, step * c_out * hp * wp)
-    grad_rows = grad_out.new_zeros(kh, c_out, kw * c)
+    grad_rows = _grad_accumulator(grad_out, kh, c_out, kw * c)
     for i in range(0, n, step):
         k = min(step, n - i)
         t = k * hp * wp
@@ -360,6 +379,7 @@ def _shift_grad_weight(x: Tensor, grad_out: Tensor, kernel: Pair, pad: Pair) -> 
         dy.as_strided((c_out, k, ho, wo), (m, hp * wp, wp, 1)).copy_(grad_out[i : i + k].transpose(0, 1))
         for a in range(kh):  # the widened rows' slice is contiguous, so oneDNN takes its transpose as is
             grad_rows[a] += gemm(dy, wide[a * wp : a * wp + m].t())
+    grad_rows = grad_rows.to(x.dtype)
     return grad_rows.view(kh, c_out, kw, c).permute(1, 3, 0, 2).contiguous()  # (C_out, C, Kh, Kw)
 
 
@@ -426,7 +446,7 @@ def _pointwise_backward(ctx: Any, x: Tensor, weight: Tensor, grad_out: Tensor) -
         grad_input = grad_out.new_empty(ctx.input_shape)
         torch.bmm(weight.view(c_out, c).t().expand(n, c, c_out), dy, out=grad_input.view(n, c, h * w))
     if need_w:  # Σ_n dY[n]·X[n]ᵀ, the per-sample products in batch chunks of the workspace
-        grad_weight = grad_out.new_zeros(c_out, c)
+        grad_weight = _grad_accumulator(grad_out, c_out, c)
         x_t = x.view(n, c, h * w).transpose(1, 2)
         step = _chunk(n, c_out * c * grad_out.element_size())
         prod, total = _scratch(grad_out, step * c_out * c, c_out * c)
@@ -438,7 +458,7 @@ def _pointwise_backward(ctx: Any, x: Tensor, weight: Tensor, grad_out: Tensor) -
                 out=total.view(c_out, c),
             )
             grad_weight += total.view(c_out, c)
-        grad_weight = grad_weight.view(ctx.weight_shape)
+        grad_weight = grad_weight.to(grad_out.dtype).view(ctx.weight_shape)
     return grad_input, grad_weight
 
 

@@ -211,6 +211,57 @@ def test_an_input_only_backward_does_no_weight_gradient_work(
     assert err < 1e-10, f"{kernel}/{stride}/{pad} cl={channels_last}: grad_input max abs error {err:.2e}"
 
 
+@pytest.mark.parametrize("gemm", conv.GEMMS)
+@pytest.mark.parametrize(("kernel", "stride", "pad"), PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("bias_kind", ["strided", "expanded"])
+def test_a_bias_that_is_not_contiguous_is_added_as_its_values(
+    monkeypatch: pytest.MonkeyPatch, gemm: str, kernel, stride, pad, channels_last: bool, bias_kind: str
+) -> None:
+    """A strided (a column of a matrix) or expanded (one scalar broadcast) bias: oneDNN's matmul reads a bias as
+    dense, so passed as is it summed the wrong values (or read past the storage of an expanded one)."""
+    monkeypatch.setattr(conv, "GEMM", gemm)
+    x, w, _ = _tensors((2, 3, 4, 9, 8, kernel, stride, pad), channels_last, torch.float32)
+    b = torch.randn(4, 3)[:, 1] if bias_kind == "strided" else torch.tensor(0.5).expand(4)
+    y = custom_conv2d(x.detach(), w.detach(), b, stride, pad, algorithm="fast")
+    err = (y - F.conv2d(x.detach(), w.detach(), b, stride, pad)).abs().max().item()
+    assert err < 1e-4, f"GEMM={gemm} {kernel}/{stride}/{pad} cl={channels_last} {bias_kind} bias: max abs error {err}"
+
+
+@pytest.mark.parametrize(("kernel", "stride", "pad"), PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_bfloat16_weight_gradient_is_summed_no_worse_than_native(
+    monkeypatch: pytest.MonkeyPatch, kernel, stride, pad, channels_last: bool
+) -> None:
+    """bfloat16 with one sample per chunk (the chunking a large input gets): the weight gradient's error against a
+    float64 reference stays within 2x native's (the running sum is float32; a bfloat16 one was 3-7x)."""
+    monkeypatch.setattr(conv, "COLUMN_BUDGET_BYTES", 1)
+    x, w, _ = _tensors((16, 8, 8, 12, 12, kernel, stride, pad), channels_last, torch.bfloat16)
+    dy = torch.randn(F.conv2d(x.detach(), w.detach(), None, stride, pad).shape, dtype=torch.bfloat16)
+    (gw,) = torch.autograd.grad(custom_conv2d(x, w, None, stride, pad, algorithm="fast"), (w,), dy)
+    (native,) = torch.autograd.grad(F.conv2d(x, w, None, stride, pad), (w,), dy)
+    ref = conv2d_weight(x.detach().double(), w.shape, dy.double(), stride, pad)
+    ours, theirs = ((g.double() - ref).abs().max().item() / ref.abs().max().item() for g in (gw, native))
+    assert ours <= 2 * theirs + 1e-3, (
+        f"{kernel}/{stride}/{pad} cl={channels_last}: rel error {ours:.2e}, native {theirs:.2e}"
+    )
+
+
+def test_disabling_mkldnn_keeps_the_fast_conv_off_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`torch.backends.mkldnn.flags(enabled=False)` turns oneDNN off for native convolutions; ours follows it."""
+    calls: list[int] = []
+    onednn = conv._ONEDNN_MATMUL
+    monkeypatch.setattr(conv, "_ONEDNN_MATMUL", lambda *a: (calls.append(1), onednn(*a))[1])
+    monkeypatch.setattr(conv, "GEMM", "onednn")
+    x, w, b = _tensors((2, 3, 4, 9, 8, (3, 3), (1, 1), (1, 1)), False, torch.float32)
+    with torch.backends.mkldnn.flags(enabled=False):
+        y = custom_conv2d(x, w, b, 1, 1, algorithm="fast")
+        torch.autograd.grad(y.sum(), (x, w))
+    assert not calls, f"{len(calls)} oneDNN matmul calls with mkldnn disabled"
+    err = (y - F.conv2d(x, w, b, 1, 1)).abs().max().item()
+    assert err < 1e-4, f"max abs error {err}"
+
+
 def test_gemm_helper_equals_a_times_b_transposed_plus_bias_on_both_routes(monkeypatch: pytest.MonkeyPatch) -> None:
     """gemm(a, b, bias) = a·bᵀ + bias, also for a b that is a transposed view (how the fast path passes columns)."""
     a, b_t, bias = torch.randn(37, 19), torch.randn(19, 23), torch.randn(23)
