@@ -396,6 +396,11 @@ def random_noise(
 # Robustness evaluation
 
 
+def _units(value: float, mode: Mode) -> str:
+    """A budget as the report writes it: normalized units in course mode, n/255 in pixel mode."""
+    return f"{value:.4g}" if mode == "course" else f"{value * 255:.4g}/255"
+
+
 @dataclass(frozen=True)
 class AttackSpec:
     """One attack of an evaluation, in one mode's units."""
@@ -440,7 +445,7 @@ class AttackSpec:
 
     @property
     def name(self) -> str:
-        eps = f"{self.eps:.4g}" if self.mode == "course" else f"{self.eps * 255:.4g}/255"
+        eps = _units(self.eps, self.mode)
         label = f"pgd-{self.steps}" if self.kind == "pgd" else self.kind
         early = " (early stop)" if self.early_stop else ""
         return f"{label} eps={eps}{early}" + (" (chance probe)" if self.chance_probe else "")
@@ -563,9 +568,11 @@ class RobustnessReport:
         """One row per attack (clean first): the table the CLI prints and the demo report embeds."""
 
         course = any(r.target_hit is not None for r in self.results)
+        # the step size each attack ran with, in its ε's units (the sweep's ε rows scale it with ε)
+        _alphas = {r.spec.name: _units(r.spec.step_size, r.spec.mode) for r in self.results if r.spec.kind != "noise"}
 
         def row(name: str, top1: float, top5: float, hit: float | None, pert: float, nans: int, seconds: float):
-            row = {"attack": name, "top1 (%)": top1, "top5 (%)": top5}
+            row = {"attack": name, "step α": _alphas.get(name, ""), "top1 (%)": top1, "top5 (%)": top5}
             if course:
                 row["least-confident target hit (%)"] = "" if hit is None else hit
             return {**row, "max |δ|∞ (pixel)": pert, "NaNs": nans, "time_s": seconds}

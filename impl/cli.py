@@ -308,7 +308,8 @@ def _add_attack_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--attack-sweep",
         action="store_true",
-        help="the seed's tables: steps {5, 10, 20}, eps x {0.5, 1, 1.5}, FGSM and noise baselines, a large-eps probe",
+        help="the seed's tables: steps {5, 10, 20}, eps x {0.5, 1, 1.5} (alpha scaled alike, so each row's steps span "
+        "its ball; the table's 'step α' column shows it), FGSM and noise baselines, a large-eps probe",
     )
     g.add_argument("--attack-batches", type=int, default=None, metavar="N", help="attack the first N val batches only")
     g.add_argument(
@@ -377,6 +378,8 @@ def _check_device_data_args(args: argparse.Namespace) -> None:
         raise UsageError("--cache-dir applies to --data-on-device only")
     if args.data_on_device and (args.evaluate or args.attack):
         raise UsageError("--data-on-device trains; -e and -a evaluate through the course's loader: drop one")
+    if args.channels_last and (args.evaluate or args.attack):
+        raise UsageError("--channels-last applies to training; -e and -a evaluate in the checkpoint's layout: drop one")
     if args.data_on_device and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("--data-on-device runs in one process: under torchrun every rank would train on the whole set")
 

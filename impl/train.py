@@ -63,7 +63,11 @@ ExtraEval = Callable[[nn.Module], Mapping[str, float]]
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the epoch, the iteration and the last good checkpoint."""
+    """The loss became NaN or infinite; the message names the epoch, the iteration and the last good checkpoint.
+
+    The check runs where the step loop reads its meters (each print point and the epoch's end, so the loop never
+    waits for the device): up to print_freq - 1 optimizer steps may follow the bad one, so the model in memory may
+    hold non-finite weights when this is raised. Nothing is saved after the bad step: resume from the checkpoint."""
 
 
 class CheckpointError(RuntimeError):

@@ -68,6 +68,13 @@ def test_sweep_eps_rows_scale_the_step_so_each_ball_is_spanned_alike(mode):
     assert max(reach.values()) == pytest.approx(min(reach.values())), f"steps·α/ε differs across the ε rows: {reach}"
 
 
+def test_report_rows_show_the_step_size_each_attack_ran_with():
+    specs = [s for s in sweep_specs("course") if s.kind == "pgd" and not s.chance_probe]
+    rows = {r["attack"]: r["step α"] for r in _report([(s, 50.0) for s in specs]).rows()}
+    assert rows["pgd-10 eps=0.15"] == "0.015" and rows["pgd-10 eps=0.1"] == "0.01", rows
+    assert rows["clean"] == "", rows
+
+
 @pytest.mark.parametrize("mode", ["course", "pixel"])
 def test_sanity_report_passes_on_a_trained_model(trained, mode):
     model, images, labels = trained

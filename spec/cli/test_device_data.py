@@ -78,6 +78,8 @@ def test_data_on_device_writes_the_course_paths_run_folder_and_its_checkpoint_ev
         (["--cache-dir", "CACHE"], "--cache-dir applies to --data-on-device only"),
         (["--data-on-device", "-e", "--resume", "x.pth.tar"], "--data-on-device trains; -e and -a evaluate"),
         (["--data-on-device", "-a", "--resume", "x.pth.tar"], "--data-on-device trains; -e and -a evaluate"),
+        (["--channels-last", "-e", "--resume", "x.pth.tar"], "--channels-last applies to training"),
+        (["--channels-last", "-a", "--resume", "x.pth.tar"], "--channels-last applies to training"),
         (
             ["--data-on-device", "--cache-dir", "CACHE", "-b", "100"],
             "-b must be at most the training split's 24 images",
