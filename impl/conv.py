@@ -181,6 +181,9 @@ def _onednn_takes(dtype: torch.dtype) -> bool:
 
 
 _GEMM_THREADS = threading.local()  # .n: the intra-op pool size gemm restores inside `_copies_on_this_thread`
+# Resizing the pool per call is only safe under OpenMP (every PyPI wheel): torch's native thread-pool backend refuses
+# set_num_threads once parallel work has started, so there the copies stay on the pool.
+_RESIZABLE_POOL = "OpenMP" in torch.__config__.parallel_info()
 
 
 @contextlib.contextmanager
@@ -190,10 +193,11 @@ def _copies_on_this_thread(like: Tensor) -> Iterator[None]:
     The copies (padding, im2col, layout) are memory-bound and short, so on a loaded CPU a parallel region costs
     more in handing work to the pool's other threads (each waits for one of them to be scheduled) than it saves:
     with two threads a SimpleNet step ran ~1.8x native's with pooled copies and ~0.85-1.1x with copies here. The
-    pool size is restored on exit, also on an exception.
+    pool size is restored on exit, also on an exception. While a call runs, a thread that makes its first torch
+    call starts with one intra-op thread (torch seeds new threads from the current setting).
     """
     threads = torch.get_num_threads()
-    if like.device.type != "cpu" or threads == 1:
+    if like.device.type != "cpu" or threads == 1 or not _RESIZABLE_POOL:
         yield
         return
     _GEMM_THREADS.n = threads

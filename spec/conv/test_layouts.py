@@ -297,6 +297,13 @@ def test_copies_run_on_the_calling_thread_gemms_on_the_pool_and_the_pool_size_is
         with pytest.raises(RuntimeError, match="GEMM failed"):
             custom_conv2d(x, w, b, 1, 1, algorithm="fast")
         assert torch.get_num_threads() == 2, f"a failed call left {torch.get_num_threads()} threads, not 2"
+
+        # torch's native thread-pool backend refuses a resize once parallel work ran: the pool stays as it is
+        monkeypatch.setattr(conv, "_gemm", lambda *a: (seen["gemms"].add(torch.get_num_threads()), gemm(*a))[1])
+        monkeypatch.setattr(conv, "_RESIZABLE_POOL", False)
+        seen = {"copies": set(), "gemms": set()}
+        torch.autograd.grad(custom_conv2d(x, w, b, 1, 1, algorithm="fast").sum(), (x, w))
+        assert seen == {"copies": {2}, "gemms": {2}}, f"threads seen without a resizable pool: {seen}"
     finally:
         torch.set_num_threads(before)
 
