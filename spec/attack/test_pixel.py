@@ -147,17 +147,21 @@ def test_attack_does_no_weight_gradient_work_in_custom_conv_functions(monkeypatc
     import impl.conv
     from impl.conv import CustomConv2d
 
-    calls = []
-    original = impl.conv._shift_grad_weight  # the stride-1 weight-gradient pass of the fast algorithm
-    monkeypatch.setattr(
-        impl.conv, "_shift_grad_weight", lambda *a: (calls.append("_shift_grad_weight"), original(*a))[1]
-    )
+    calls: list[str] = []
+    for name in ("_shift_grad_weight", "_im2col_grad_weight"):  # the fast algorithm's weight-gradient passes
+        original = getattr(impl.conv, name)
+        monkeypatch.setattr(impl.conv, name, lambda *a, n=name, f=original: (calls.append(n), f(*a))[1])
+    # teeth: a training step of the same model does enter one of them
+    probe = CustomConv2d(3, 4, 3, padding=1)
+    probe(random_images(2, seed=3)).sum().backward()
+    assert calls, "neither weight-gradient pass ran in a training step: the probe watches the wrong functions"
+    calls.clear()
     model = nn.Sequential(
         CustomConv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
     )
     adv = pgd(model, random_images(2, seed=3), torch.tensor([0, 1]), steps=2)
     assert torch.isfinite(adv).all()
-    assert "_shift_grad_weight" not in calls, f"weight-gradient passes during the attack: {calls}"
+    assert not calls, f"weight-gradient passes during the attack: {calls}"
     assert all(p.requires_grad for p in model.parameters()), "the attack left parameters frozen"
 
 
