@@ -127,12 +127,14 @@ _EMPTY = (
     "to compare)"
 )
 _ALGO = "with attr 'none' oneDNN's _linear_pointwise ignores the algorithm string (same bits for '', None or 'XXXX')"
-_ONEDNN = 'return _ONEDNN_MATMUL(a, b, bias, "none", [], "") → return _ONEDNN_MATMUL(a, b, bias, "none", [], {})'
+_ONEDNN = (
+    'return _ONEDNN_MATMUL(a, b, {bias}, "none", [], "") → return _ONEDNN_MATMUL(a, b, {bias}, "none", [], {algo})'
+)
 for _operand in ("a", "b"):
     SURVIVORS[f"conv.x__gemm: and {_operand}.numel() > 0 → and {_operand}.numel() >= 0"] = _EMPTY
     SURVIVORS[f"conv.x__gemm: and {_operand}.numel() > 0 → and {_operand}.numel() > 1"] = _ROUTE
 for _algo in ("None", '"XXXX"'):
-    SURVIVORS[f"conv.x__gemm: {_ONEDNN.format(_algo)}"] = _ALGO
+    SURVIVORS[f"conv.x__gemm: {_ONEDNN.format(bias='None if bias is None else bias.contiguous()', algo=_algo)}"] = _ALGO
 _CONTIGUOUS = "if grad_input is not None and ctx.algorithm == {} and not ctx.channels_last:"
 for _algo in ('"XXfastXX"', '"FAST"'):
     SURVIVORS[f"conv.x__backward: {_CONTIGUOUS.format(chr(34) + 'fast' + chr(34))} → {_CONTIGUOUS.format(_algo)}"] = (
