@@ -552,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_children < 1:
         parser.error(f"--max-children must be >= 1, got {args.max_children}")
+    expand(args.only)  # a pattern outside SCOPE stops here, before any snapshot is made
     if args.report_only:
         workdirs = args.report_only
     elif args.resume:
