@@ -498,11 +498,12 @@ def _move_aside(run_dir: Path) -> Path:
     """Rename an earlier run folder to `<name>.old-<time>` (after checking no training holds it)."""
     from impl.train import lock_run_folder
 
-    aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
     for n in range(2, 1000):
         if not aside.exists():
             break
-        aside = aside.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        aside = aside.with_name(f"{run_dir.name}.old-{stamp}-{n}")  # one stamp: a numbered name shares the first's
     with lock_run_folder(run_dir):
         run_dir.rename(aside)
     log.info("moved the earlier run %s aside to %s", run_dir, aside)
