@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from bench.conv.simplenet_step import make_step
 from bench.device import bench_device, cuda_memory_mib, process_memory_mib
 from bench.interleaved import entry, env_int, interleave, raw_file, write
-from impl.conv import custom_conv2d
+from impl.conv import _out_size, custom_conv2d
 
 TABLE = "conv"
 # SimpleNet's convolutions at a 128×128 input: (C_in, C_out, K, stride, padding, input H=W).
@@ -56,7 +56,8 @@ def layer_step(layer: tuple[int, ...], conv: str, batch: int, device: torch.devi
     x = torch.randn(batch, c_in, hw, hw, device=device, requires_grad=c_in != 3)  # images need no gradient
     w = torch.randn(c_out, c_in, k, k, device=device, requires_grad=True)
     b = torch.randn(c_out, device=device, requires_grad=True)
-    dy = torch.randn(batch, c_out, (hw + 2 * p - k) // s + 1, (hw + 2 * p - k) // s + 1, device=device)
+    ho = _out_size(hw, k, s, p)
+    dy = torch.randn(batch, c_out, ho, ho, device=device)
     fn = CONVS[conv]
 
     def step() -> None:

@@ -266,10 +266,16 @@ def test_gemm_helper_equals_a_times_b_transposed_plus_bias_on_both_routes(monkey
     """gemm(a, b, bias) = a·bᵀ + bias, also for a b that is a transposed view (how the fast path passes columns)."""
     a, b_t, bias = torch.randn(37, 19), torch.randn(19, 23), torch.randn(23)
     want = a.double() @ b_t.double() + bias.double()
+    calls: list[int] = []
+    onednn = conv._ONEDNN_MATMUL
+    if onednn is not None:  # the "onednn" half must reach oneDNN, not pass on torch.mm's fallback
+        monkeypatch.setattr(conv, "_ONEDNN_MATMUL", lambda *args: (calls.append(1), onednn(*args))[1])
     for gemm in conv.GEMMS:
         monkeypatch.setattr(conv, "GEMM", gemm)
+        calls.clear()
         err = (conv.gemm(a, b_t.t(), bias).double() - want).abs().max().item()
         assert err < 1e-4, f"GEMM={gemm}: max abs error {err:.2e}"
+        assert bool(calls) == (gemm == "onednn" and onednn is not None), f"GEMM={gemm}: oneDNN calls {calls}"
 
 
 def test_copies_run_on_the_calling_thread_gemms_on_the_pool_and_the_pool_size_is_restored(
