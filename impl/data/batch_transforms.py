@@ -18,6 +18,7 @@ run.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -130,10 +131,15 @@ def affine_theta(params: AugmentParams, canvas: tuple[int, int]) -> Tensor:
     return torch.stack([row_x, row_y], dim=1)  # (B, 2, 3)
 
 
+@functools.lru_cache(maxsize=8)
+def _mean_std(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The normalization constants on `device`, made once per (device, dtype), not copied over for every batch."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype).view(1, 3, 1, 1).to(device)
+    return mean, torch.tensor(IMAGENET_STD, dtype=dtype).view(1, 3, 1, 1).to(device)
+
+
 def _normalize(pixels: Tensor) -> Tensor:
-    # built on the CPU and copied non-blocking: torch.tensor(..., device="cuda") would sync the stream every batch
-    mean = torch.tensor(IMAGENET_MEAN, dtype=pixels.dtype).view(1, 3, 1, 1).to(pixels.device, non_blocking=True)
-    std = torch.tensor(IMAGENET_STD, dtype=pixels.dtype).view(1, 3, 1, 1).to(pixels.device, non_blocking=True)
+    mean, std = _mean_std(pixels.device, pixels.dtype)
     return (pixels - mean) / std
 
 
