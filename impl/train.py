@@ -271,10 +271,11 @@ def _seed_epoch(cfg: TrainConfig, epoch: int, info: DistInfo, loader: Batches) -
     """Make epoch `epoch` depend on (seed, epoch, rank) only, so a resumed run replays it exactly."""
     if not isinstance(loader, DataLoader):
         loader.set_epoch(epoch)
-    elif isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
-    if isinstance(loader, DataLoader) and isinstance(loader.dataset, SampleSeeded):  # workers are forked when the
-        loader.dataset.epoch = epoch  # epoch's iterator starts: they see it
+    else:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        if isinstance(loader.dataset, SampleSeeded):  # workers are forked when the epoch's iterator starts: they see it
+            loader.dataset.epoch = epoch
     # workers draw their base seed from the global generator when the iterator starts, so this fixes them too
     seed_everything(cfg.seed + 1009 * (epoch + 1) + info.rank)
 
