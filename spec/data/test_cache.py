@@ -3,7 +3,11 @@ content, rebuilt when it changes, never half-written. A tiny synthetic set, copi
 
 from __future__ import annotations
 
+import builtins
+import io
+import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -34,13 +38,59 @@ def test_the_cache_is_memory_mapped_and_reused(root, tmp_path, monkeypatch):
     images_path, _ = cache_paths(root, "val", 64, cache)
     mtime = images_path.stat().st_mtime_ns
 
-    def no_rebuild(*args, **kwargs):
-        raise AssertionError("the cache was rebuilt although the split file did not change")
+    def no_decode(self, index):
+        raise AssertionError(f"image {index} was decoded although the cache is current")
 
-    monkeypatch.setattr("impl.data.cache.build_cache", no_rebuild)
+    monkeypatch.setattr(MiniPlaces, "__getitem__", no_decode)
     images, _ = load_cache(root, "val", size=64, cache_dir=cache)
     assert images_path.stat().st_mtime_ns == mtime
     assert _mapped_file(images.data_ptr()) == str(images_path.resolve()), "the images are not mapped from the file"
+
+
+def test_a_second_load_reads_the_split_once_and_stats_each_image_once(root, tmp_path, monkeypatch):
+    """An existing cache costs one read of train.txt and one os.stat per listed image (the key's staleness check)."""
+    cache = tmp_path / "cache"
+    load_cache(root, "train", size=64, cache_dir=cache)
+    listed = [os.fspath(path) for path, _ in MiniPlaces(root, "train", check_files=False).samples]
+    split_file, images_dir = os.fspath(root / "train.txt"), os.fspath(root / "images")
+    opens: list[str] = []
+    stats: Counter[str] = Counter()
+    real_open, real_stat = io.open, os.stat
+
+    def counted_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file) == split_file:
+            opens.append(args[0] if args else kwargs.get("mode", "r"))
+        return real_open(file, *args, **kwargs)
+
+    def counted_stat(path, *args, **kwargs):
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(images_dir):
+            stats[os.fspath(path)] += 1
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counted_open)  # what pathlib's read_text/read_bytes/open call
+    monkeypatch.setattr(builtins, "open", counted_open)
+    monkeypatch.setattr(os, "stat", counted_stat)
+    load_cache(root, "train", size=64, cache_dir=cache)
+    monkeypatch.undo()
+    assert len(opens) == 1, f"train.txt was opened {len(opens)} times on a cached load (modes {opens})"
+    assert sorted(stats) == sorted(listed), f"{len(stats)} of the {len(listed)} listed images were stat-ed"
+    worst = stats.most_common(1)[0]
+    assert worst[1] == 1, f"{worst[0]} was stat-ed {worst[1]} times on one cached load"
+
+
+def test_the_key_does_not_depend_on_how_the_root_is_spelled(root, tmp_path, monkeypatch):
+    absolute = cache_paths(root, "val", 64, tmp_path / "cache")
+    monkeypatch.chdir(root.parent)
+    assert cache_paths(Path(root.name), "val", 64, tmp_path / "cache") == absolute, (
+        "a relative root selects another cache"
+    )
+
+
+def test_a_missing_image_is_named_with_its_line(root, tmp_path):
+    path, _ = MiniPlaces(root, "val").samples[2]
+    path.unlink()
+    with pytest.raises(DataError, match=rf"val\.txt line 3: image .*{path.name} not found"):
+        load_cache(root, "val", size=64, cache_dir=tmp_path / "cache")
 
 
 def _mapped_file(address: int) -> str | None:
