@@ -28,10 +28,6 @@ Two exact algorithms, chosen by one switch, `algorithm`:
   ``COLUMN_BUDGET_BYTES``, as views of one buffer per call (``_scratch``) large enough that glibc maps it on its
   own and unmaps it when the call ends, so nothing transient stays resident or stranded.
 
-  The copies run on the calling thread and only the GEMMs on the intra-op pool (`_copies_on_this_thread`): on a
-  loaded CPU each parallel region waits for a pool thread to be scheduled, and a batch chunk has four (two copies,
-  the GEMM, a copy) where a native convolution has one.
-
   Where speed and memory go against native: reports/conv.md and reports/memory.md (``python -m bench.conv.run``).
   The GEMMs themselves run at about native's speed; what is left is the im2col copy (Kh·Kw times the input) and
   the transposing copies an NCHW input and output pay around it.
@@ -41,10 +37,7 @@ No convolution function is used inside: only unfold/fold, strided views, matmul 
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -57,9 +50,10 @@ Algorithm = Literal["unfold", "fast"]
 ALGORITHMS: tuple[Algorithm, ...] = ("unfold", "fast")
 
 # The transient buffers of one batch chunk in the fast path (padded input, columns, channel-major dY, widened rows)
-# are kept under this size together: a few samples per chunk, small next to a training step's activations, and few
-# enough chunks that a call does not pay for many parallel regions (each costs a thread hand-off on a loaded CPU).
-COLUMN_BUDGET_BYTES = 16 * 2**20
+# are kept under this size together, so that a chunk's columns are still in cache when its GEMM reads them: on the
+# 2-core EPYC of reports/conv.md a 3x3 forward ran 1.6-1.9x native's time at 2-8 MiB and 2.2-2.4x at 16 MiB (one
+# sample per chunk where a sample alone is larger).
+COLUMN_BUDGET_BYTES = 4 * 2**20
 
 # A call's transients are views of one buffer at least this large, allocated per call. glibc serves an allocation
 # this size with its own mmap and unmaps it when it is freed (its dynamic mmap threshold stops at 32 MiB), so only
@@ -103,6 +97,15 @@ def check_conv_args(input_feats: Any, weight: Any, bias: Any, stride: Any, paddi
     if not isinstance(weight, Tensor) or weight.dim() != 4:
         shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"weight must be a 4-D (C_out, C_in, K_h, K_w) tensor, got {shape}")
+    empty = [
+        name
+        for name, size in zip(
+            ("output channels", "input channels", "kernel rows", "kernel columns"), weight.shape, strict=True
+        )
+        if size == 0
+    ]
+    if empty:
+        raise ValueError(f"weight {tuple(weight.shape)} has no {' and no '.join(empty)}")
     stride_hw = _pair(stride, "stride", 1)
     pad_hw = _pair(padding, "padding", 0)
     n, c, h, w = input_feats.shape
@@ -180,52 +183,12 @@ def _onednn_takes(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-_GEMM_THREADS = threading.local()  # .n: the intra-op pool size gemm restores inside `_copies_on_this_thread`
-# Resizing the pool per call is only safe under OpenMP (every PyPI wheel): torch's native thread-pool backend refuses
-# set_num_threads once parallel work has started, so there the copies stay on the pool.
-_RESIZABLE_POOL = "OpenMP" in torch.__config__.parallel_info()
-
-
-@contextlib.contextmanager
-def _copies_on_this_thread(like: Tensor) -> Iterator[None]:
-    """Run a CPU call's copies on the calling thread and only its GEMMs (inside `gemm`) on the intra-op pool.
-
-    The copies (padding, im2col, layout) are memory-bound and short, so on a loaded CPU a parallel region costs
-    more in handing work to the pool's other threads (each waits for one of them to be scheduled) than it saves:
-    with two threads a SimpleNet step ran ~1.8x native's with pooled copies and ~0.85-1.1x with copies here. The
-    pool size is restored on exit, also on an exception. While a call runs, a thread that makes its first torch
-    call starts with one intra-op thread (torch seeds new threads from the current setting).
-    """
-    threads = torch.get_num_threads()
-    if like.device.type != "cpu" or threads == 1 or not _RESIZABLE_POOL:
-        yield
-        return
-    _GEMM_THREADS.n = threads
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        _GEMM_THREADS.n = None
-
-
 def gemm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     """a (M, K) · b (N, K)ᵀ (+ bias (N,)) as a new (M, N) tensor, by the routine `GEMM` names.
 
     "onednn" applies on CPU to float32/bfloat16 with `a` contiguous (oneDNN copies a strided `a`; `b` may have any
     2-D strides, oneDNN reorders it anyway); anything else (CUDA, float64, a strided `a`, "blas") runs torch.mm.
     """
-    threads = getattr(_GEMM_THREADS, "n", None)
-    if threads is None:
-        return _gemm(a, b, bias)
-    torch.set_num_threads(threads)
-    try:
-        return _gemm(a, b, bias)
-    finally:
-        torch.set_num_threads(1)
-
-
-def _gemm(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
     if (
         GEMM == "onednn"
         and _ONEDNN_MATMUL is not None
@@ -453,15 +416,10 @@ def _pointwise_backward(ctx: Any, x: Tensor, weight: Tensor, grad_out: Tensor) -
         grad_weight = _grad_accumulator(grad_out, c_out, c)
         x_t = x.view(n, c, h * w).transpose(1, 2)
         step = _chunk(n, c_out * c * grad_out.element_size())
-        prod, total = _scratch(grad_out, step * c_out * c, c_out * c)
+        (prod,) = _scratch(grad_out, step * c_out * c)
         for i in range(0, n, step):
             k = min(step, n - i)
-            torch.sum(
-                torch.bmm(dy[i : i + k], x_t[i : i + k], out=prod[: k * c_out * c].view(k, c_out, c)),
-                0,
-                out=total.view(c_out, c),
-            )
-            grad_weight += total.view(c_out, c)
+            grad_weight += torch.bmm(dy[i : i + k], x_t[i : i + k], out=prod[: k * c_out * c].view(k, c_out, c)).sum(0)
         grad_weight = grad_weight.to(grad_out.dtype).view(ctx.weight_shape)
     return grad_input, grad_weight
 
@@ -469,8 +427,7 @@ def _pointwise_backward(ctx: Any, x: Tensor, weight: Tensor, grad_out: Tensor) -
 def _fast_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, pad: Pair, out_hw: Pair) -> Tensor:
     if _is_pointwise(weight.shape, stride, pad):
         return _pointwise_forward(x, weight, bias)
-    with _copies_on_this_thread(x):
-        return _im2col_forward(x, weight, bias, stride, pad, out_hw, rows=is_channels_last(x))
+    return _im2col_forward(x, weight, bias, stride, pad, out_hw, rows=is_channels_last(x))
 
 
 def _fast_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -480,20 +437,19 @@ def _fast_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | 
     if _is_pointwise(ctx.weight_shape, ctx.stride, ctx.pad):
         return _pointwise_backward(ctx, x, weight, grad_out)
     (kh, kw), (ph, pw), rows = ctx.weight_shape[2:], ctx.pad, ctx.channels_last
-    with _copies_on_this_thread(grad_out):
-        grad_input = grad_weight = None
-        if ctx.needs_input_grad[0] and ctx.stride == (1, 1):
-            # The stride-1 grad_input is a correlation of dY with the flipped kernel, channels swapped, padding K-1-P.
-            flipped = weight.flip(2, 3).transpose(0, 1)
-            grad_input = _im2col_forward(
-                grad_out, flipped, None, (1, 1), (kh - 1 - ph, kw - 1 - pw), ctx.input_shape[2:], rows
-            )
-        elif ctx.needs_input_grad[0]:
-            grad_input = _col2im_grad_input(grad_out, weight, ctx.input_shape, ctx.stride, ctx.pad, rows)
-        if ctx.needs_input_grad[1] and ctx.stride == (1, 1) and rows:
-            grad_weight = _shift_grad_weight(x, grad_out, (kh, kw), ctx.pad)
-        elif ctx.needs_input_grad[1]:
-            grad_weight = _im2col_grad_weight(x, grad_out, (kh, kw), ctx.stride, ctx.pad)
+    grad_input = grad_weight = None
+    if ctx.needs_input_grad[0] and ctx.stride == (1, 1):
+        # The stride-1 grad_input is a correlation of dY with the flipped kernel, channels swapped, padding K-1-P.
+        flipped = weight.flip(2, 3).transpose(0, 1)
+        grad_input = _im2col_forward(
+            grad_out, flipped, None, (1, 1), (kh - 1 - ph, kw - 1 - pw), ctx.input_shape[2:], rows
+        )
+    elif ctx.needs_input_grad[0]:
+        grad_input = _col2im_grad_input(grad_out, weight, ctx.input_shape, ctx.stride, ctx.pad, rows)
+    if ctx.needs_input_grad[1] and ctx.stride == (1, 1) and rows:
+        grad_weight = _shift_grad_weight(x, grad_out, (kh, kw), ctx.pad)
+    elif ctx.needs_input_grad[1]:
+        grad_weight = _im2col_grad_weight(x, grad_out, (kh, kw), ctx.stride, ctx.pad)
     return grad_input, grad_weight
 
 
@@ -530,8 +486,6 @@ def is_channels_last(x: Tensor) -> bool:
 def _backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
     backward = _unfold_backward if ctx.algorithm == "unfold" else _fast_backward
     grad_input, grad_weight = backward(ctx, grad_output)
-    if grad_input is not None and ctx.algorithm == "fast" and not ctx.channels_last:
-        grad_input = grad_input.contiguous()
     grad_bias = grad_output.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
     return grad_input, grad_weight, grad_bias, None, None
 

@@ -283,6 +283,16 @@ BAD_INPUTS = {
     "negative padding": (torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3), 1, -1, r"padding must be >= 0"),
     "float stride": (torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3), 1.5, 0, r"stride must be an int"),
     "float padding": (torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3), 1, 0.5, r"padding must be an int"),
+    "no output channels": (
+        torch.randn(1, 3, 8, 8),
+        torch.randn(0, 3, 3, 3),
+        1,
+        1,
+        r"^weight \(0, 3, 3, 3\) has no "
+        r"output channels$",
+    ),
+    "no input channels": (torch.randn(1, 0, 8, 8), torch.randn(4, 0, 3, 3), 1, 1, r"has no input channels$"),
+    "empty kernel": (torch.randn(1, 3, 8, 8), torch.randn(4, 3, 0, 3), 1, 1, r"has no kernel rows$"),
 }
 
 

@@ -278,42 +278,6 @@ def test_gemm_helper_equals_a_times_b_transposed_plus_bias_on_both_routes(monkey
         assert bool(calls) == (gemm == "onednn" and onednn is not None), f"GEMM={gemm}: oneDNN calls {calls}"
 
 
-def test_copies_run_on_the_calling_thread_gemms_on_the_pool_and_the_pool_size_is_restored(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Inside a CPU call the im2col copies see one intra-op thread and every GEMM the caller's count; after the
-    call, and after one that raises, the caller's count is back."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        seen: dict[str, set[int]] = {"copies": set(), "gemms": set()}
-        columns, gemm = conv._columns, conv._gemm
-        monkeypatch.setattr(conv, "_columns", lambda *a: (seen["copies"].add(torch.get_num_threads()), columns(*a))[1])
-        monkeypatch.setattr(conv, "_gemm", lambda *a: (seen["gemms"].add(torch.get_num_threads()), gemm(*a))[1])
-        x, w, b = _tensors((2, 3, 4, 9, 8, (3, 3), (1, 1), (1, 1)), False, torch.float32)
-        y = custom_conv2d(x, w, b, 1, 1, algorithm="fast")
-        torch.autograd.grad(y.sum(), (x, w))
-        assert seen == {"copies": {1}, "gemms": {2}}, f"threads seen: {seen}"
-        assert torch.get_num_threads() == 2, f"the call left {torch.get_num_threads()} threads, not 2"
-
-        def broken(*args: object) -> None:
-            raise RuntimeError("GEMM failed")
-
-        monkeypatch.setattr(conv, "_gemm", broken)
-        with pytest.raises(RuntimeError, match="GEMM failed"):
-            custom_conv2d(x, w, b, 1, 1, algorithm="fast")
-        assert torch.get_num_threads() == 2, f"a failed call left {torch.get_num_threads()} threads, not 2"
-
-        # torch's native thread-pool backend refuses a resize once parallel work ran: the pool stays as it is
-        monkeypatch.setattr(conv, "_gemm", lambda *a: (seen["gemms"].add(torch.get_num_threads()), gemm(*a))[1])
-        monkeypatch.setattr(conv, "_RESIZABLE_POOL", False)
-        seen = {"copies": set(), "gemms": set()}
-        torch.autograd.grad(custom_conv2d(x, w, b, 1, 1, algorithm="fast").sum(), (x, w))
-        assert seen == {"copies": {2}, "gemms": {2}}, f"threads seen without a resizable pool: {seen}"
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize(("kernel", "stride", "pad"), PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_the_output_survives_an_in_place_relu_in_both_layouts(kernel, stride, pad, channels_last: bool) -> None:
