@@ -119,3 +119,16 @@ def process_memory_mib(setup: str, step: str, steps: int = 5, threads: int | Non
         "rss_after_mib": after_mib,
         "step_peak_mib": peak_mib - setup_mib,
     }
+
+
+def step_memory_mib(
+    setup: str, make_step: Callable[[], Callable[[], object]], device: torch.device, steps: int
+) -> dict[str, float | None]:
+    """The memory columns of `steps` training steps. On CPU a fresh process (`process_memory_mib`) runs `setup`,
+    code that defines `step`; on CUDA `make_step()` runs here, one warm-up step first (lazy init and cuDNN autotuning
+    are not a step's memory), under `cuda_memory_mib`."""
+    if device.type == "cuda":
+        step = make_step()
+        step()
+        return cuda_memory_mib(lambda: [step() for _ in range(steps)], device)
+    return process_memory_mib(setup, "step()", steps=steps, threads=torch.get_num_threads())

@@ -15,9 +15,14 @@ import os
 import platform
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,6 +57,83 @@ def interleave(
             sync()
             times[name].append(clock() - t0)
     return times
+
+
+_WORKER = """
+import sys, time
+import torch
+{threads}
+{setup}
+sync = torch.cuda.synchronize if {cuda} else (lambda: None)
+for _ in sys.stdin:
+    t0 = time.perf_counter()
+    step()
+    sync()
+    print(time.perf_counter() - t0, flush=True)
+"""
+
+
+def interleave_processes(
+    setups: Mapping[str, str], rounds: int, device: torch.device, seed: int = 0, threads: int | None = None
+) -> dict[str, list[float]]:
+    """Like `interleave`, but every candidate lives in a Python process of its own, as a user's run does: `setups`
+    maps each name to code that defines `step`. One process runs at a time (the others wait on their stdin), in a
+    fresh random order per round, after one warm-up step each; each step's wall time is measured inside its process.
+
+    In one shared process a candidate's allocations change another's: glibc's heap thresholds move with the sizes
+    freed, so a native SimpleNet step page-faulted 49-103k times per step beside the custom conv's and 126k alone.
+    """
+    script = {
+        name: _WORKER.format(
+            threads=f"torch.set_num_threads({threads})" if threads else "",
+            setup=textwrap.dedent(setup).strip(),
+            cuda=device.type == "cuda",
+        )
+        for name, setup in setups.items()
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = {name: open(Path(tmp) / f"{i}.err", "w+") for i, name in enumerate(setups)}  # noqa: SIM115
+        workers = {
+            name: subprocess.Popen(
+                [sys.executable, "-c", code],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=logs[name],
+                text=True,
+            )
+            for name, code in script.items()
+        }
+        try:
+            for name in workers:
+                _ask(name, workers[name], logs[name])
+            times: dict[str, list[float]] = {name: [] for name in workers}
+            order, rng = list(workers), random.Random(seed)
+            for _ in range(rounds):
+                rng.shuffle(order)
+                for name in order:
+                    times[name].append(_ask(name, workers[name], logs[name]))
+            return times
+        finally:
+            for proc in workers.values():
+                proc.stdin.close()
+                proc.wait()
+            for log in logs.values():
+                log.close()
+
+
+def _ask(name: str, proc: subprocess.Popen, log: Any) -> float:
+    """One step of worker `name`: its seconds, or a RuntimeError carrying the end of its stderr if it died."""
+    try:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+    except BrokenPipeError:
+        line = ""
+    if not line:
+        proc.wait()
+        log.seek(0)
+        raise RuntimeError(f"benchmark worker {name!r} exited with status {proc.returncode}:\n{log.read()[-2000:]}")
+    return float(line)
 
 
 def cpu_clock(device: torch.device) -> tuple[Callable[[], float], str]:

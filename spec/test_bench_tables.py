@@ -10,9 +10,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from bench import tables
 from bench.device import nvml_used_mib, process_memory_mib
+from bench.interleaved import interleave_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +78,43 @@ def test_process_memory_probe_sees_what_the_steps_hold_and_their_peak() -> None:
     assert mem["step_peak_mib"] >= 127, mem
     assert mem["rss_after_mib"] - mem["rss_setup_mib"] >= 63, mem
     assert mem["rss_peak_mib"] >= mem["rss_after_mib"] >= mem["rss_setup_mib"] > 0, mem
+
+
+def test_process_interleaving_runs_each_candidate_alone_in_its_own_process(tmp_path: Path) -> None:
+    """Every candidate's `step` runs in a process of its own (a module global set by one is not seen by another),
+    one at a time (no two steps' wall intervals overlap), `rounds` times after one warm-up, and the seconds it
+    reports are that step's own (a 30 ms sleep reads 30-300 ms)."""
+    log = tmp_path / "intervals"
+    setup = """
+import os, time
+count = 0
+def step():
+    global count
+    t0, count = time.time(), count + 1
+    time.sleep({sleep})
+    with open({log!r}, "a") as f:
+        f.write(f"{{os.getpid()}} {{count}} {{t0}} {{time.time()}}\\n")
+"""
+    setups = {"a": setup.format(sleep=0.03, log=str(log)), "b": setup.format(sleep=0.0, log=str(log))}
+    times = interleave_processes(setups, 3, torch.device("cpu"))
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}, times
+    assert all(0.03 <= t < 0.3 for t in times["a"]), times
+    assert all(t < 0.03 for t in times["b"]), times
+    rows = [line.split() for line in log.read_text().splitlines()]
+    pids = {pid for pid, *_ in rows}
+    assert len(pids) == 2, f"two candidates ran in {len(pids)} processes"
+    assert sorted(int(n) for _, n, *_ in rows) == [1, 1, 2, 2, 3, 3, 4, 4], "each process counts only its own steps"
+    spans = sorted((float(t0), float(t1)) for *_, t0, t1 in rows)
+    overlaps = [(a, b) for a, b in zip(spans, spans[1:], strict=False) if b[0] < a[1]]
+    assert not overlaps, f"steps overlapped: {overlaps}"
+
+
+def test_a_failing_benchmark_worker_is_named_with_its_error() -> None:
+    """A candidate whose setup raises is reported by name with the end of its stderr, not as a hang or a bare
+    ValueError from parsing an empty line."""
+    setups = {"fine": "def step(): pass", "broken": "raise ImportError('no module named nowhere')"}
+    with pytest.raises(RuntimeError, match=r"(?s)worker 'broken' exited with status 1.*no module named nowhere"):
+        interleave_processes(setups, 1, torch.device("cpu"))
 
 
 @pytest.mark.gpu

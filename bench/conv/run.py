@@ -4,8 +4,10 @@ time for the NCHW step (the course's layout; the channels_last step beside it) a
 
 Timing: candidates of a case run in one interleaved loop (bench.interleaved: every candidate once per round,
 random order), and each is reported with the median over rounds of its time divided by the baseline's in the same
-round. Memory: a fresh process per candidate, default allocator, 5 SGD steps (bench.device.process_memory_mib); on
-CUDA torch's peak allocated / reserved and NVML's device usage. Table: reports/conv.md (and reports/memory.md).
+round. A layer case runs in this process; each SimpleNet step candidate in a process of its own
+(`interleave_processes`), since in a shared one the candidates' allocations changed each other's page faults.
+Memory: a fresh process per candidate, default allocator, 5 SGD steps (bench.device.process_memory_mib); on CUDA
+torch's peak allocated / reserved and NVML's device usage. Table: reports/conv.md (and reports/memory.md).
 
     python -m bench.conv.run [--out reports/raw/cpu-conv.json]   # BENCH_DEVICE, CONV_BENCH_* env vars
 """
@@ -20,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.conv.simplenet_step import make_step
-from bench.device import bench_device, cuda_memory_mib, process_memory_mib
-from bench.interleaved import entry, env_int, interleave, raw_file, write
+from bench.device import bench_device, step_memory_mib
+from bench.interleaved import entry, env_int, interleave, interleave_processes, raw_file, write
+from bench.models.cases import make_simplenet_step
 from impl.conv import _out_size, custom_conv2d
 
 TABLE = "conv"
@@ -66,16 +68,19 @@ def layer_step(layer: tuple[int, ...], conv: str, batch: int, device: torch.devi
     return step
 
 
-def step_memory(conv: str, channels_last: bool, device: torch.device, batch: int, steps: int) -> dict:
-    if device.type == "cuda":
-        step = make_step(conv, str(device), batch, channels_last=channels_last)
-        step()
-        return cuda_memory_mib(lambda: [step() for _ in range(steps)], device)
-    setup = (
-        "from bench.conv.simplenet_step import make_step\n"
-        f"step = make_step({conv!r}, 'cpu', {batch}, channels_last={channels_last})"
+def step_setup(conv: str, channels_last: bool, device: torch.device, batch: int) -> str:
+    """Code that defines `step`, one SimpleNet SGD step with this conv op and layout, for a worker process."""
+    return (
+        "from bench.models.cases import make_simplenet_step\n"
+        f"step = make_simplenet_step({conv!r}, {str(device)!r}, {batch}, channels_last={channels_last})"
     )
-    return process_memory_mib(setup, "step()", steps=steps, threads=torch.get_num_threads())
+
+
+def step_memory(conv: str, channels_last: bool, device: torch.device, batch: int, steps: int) -> dict:
+    setup = step_setup(conv, channels_last, device, batch)
+    return step_memory_mib(
+        setup, lambda: make_simplenet_step(conv, device, batch, channels_last=channels_last), device, steps
+    )
 
 
 def records_of(case: str, times: dict[str, list[float]], baseline: str, extra: dict[str, dict]) -> list[dict]:
@@ -104,9 +109,8 @@ def run(device: torch.device, batch: int, layer_rounds: int, step_rounds: int, m
         records += records_of(case, interleave(fns, layer_rounds, device), "native", {})
     for channels_last in (False, True):
         names = [n for n, (_, cl) in STEPS.items() if cl == channels_last]
-        fns = {n: make_step(STEPS[n][0], str(device), batch, channels_last=channels_last) for n in names}
-        times = interleave(fns, step_rounds, device)
-        del fns
+        setups = {n: step_setup(*STEPS[n], device, batch) for n in names}
+        times = interleave_processes(setups, step_rounds, device, threads=torch.get_num_threads())
         memory = {n: step_memory(*STEPS[n], device, batch, memory_steps) for n in names}
         case = f"SimpleNet SGD step b{batch} 128px {'channels_last' if channels_last else 'NCHW'}"
         records += records_of(case, times, names[0], memory)

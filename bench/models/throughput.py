@@ -1,9 +1,11 @@
 """Training-step throughput (img/s) and peak memory of every network of the seed, side by side.
 
 All models' steps run in one interleaved loop (bench.interleaved: each round visits every model once, in a
-fresh random order; medians of the rounds), so load from other processes spreads over all of them. Memory: on CPU
-the process probe (`bench.device.process_memory_mib`: a fresh process per model, default allocator, 5 steps, the
-process's high-water mark); on CUDA torch's peak allocated / reserved and NVML's device usage, separate columns.
+fresh random order; medians of the rounds), so load from other processes spreads over all of them; each model in a
+process of its own (`interleave_processes`), so that one model's allocations do not change another's page faults.
+Memory: on CPU the process probe (`bench.device.process_memory_mib`: a fresh process per model, default allocator,
+5 steps, the process's high-water mark); on CUDA torch's peak allocated / reserved and NVML's device usage, separate
+columns.
 The seed's figures (GPU, nvidia-smi) stand beside SimpleNet's rows.
 
     python -m bench.models.throughput [--out reports/raw/cpu-models.json]   # BENCH_DEVICE, MODELS_* env vars
@@ -17,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from bench.device import bench_device, cuda_memory_mib, process_memory_mib
-from bench.interleaved import entry, env_int, interleave, raw_file, write
+from bench.device import bench_device, step_memory_mib
+from bench.interleaved import entry, env_int, interleave_processes, raw_file, write
 from bench.models.cases import MODELS, make_train_step
 
 TABLE = "models"
@@ -30,20 +32,19 @@ SEED = {
 }
 
 
+def step_setup(name: str, device: torch.device, batch: int) -> str:
+    """Code that defines `step`, one training step of model `name`, for a worker process."""
+    return f"from bench.models.cases import make_train_step\nstep = make_train_step({name!r}, {str(device)!r}, {batch})"
+
+
 def memory(name: str, device: torch.device, batch: int, steps: int) -> dict[str, float | None]:
     """The memory columns of one model: a fresh process on CPU, torch's and NVML's counters on CUDA."""
-    if device.type == "cuda":
-        step = make_train_step(name, device, batch)
-        step()  # lazy init and cuDNN autotuning are not a step's memory
-        return cuda_memory_mib(lambda: [step() for _ in range(steps)], device)
-    setup = f"from bench.models.cases import make_train_step\nstep = make_train_step({name!r}, 'cpu', {batch})"
-    return process_memory_mib(setup, "step()", steps=steps, threads=torch.get_num_threads())
+    return step_memory_mib(step_setup(name, device, batch), lambda: make_train_step(name, device, batch), device, steps)
 
 
 def run(device: torch.device, batch: int, rounds: int, memory_steps: int) -> dict:
-    steps = {name: make_train_step(name, device, batch) for name in MODELS}
-    times = interleave(steps, rounds, device)
-    del steps
+    setups = {name: step_setup(name, device, batch) for name in MODELS}
+    times = interleave_processes(setups, rounds, device, threads=torch.get_num_threads())
     case = f"train step b{batch} 128px"
     records = []
     for name, seconds in times.items():
