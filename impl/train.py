@@ -36,7 +36,7 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -339,14 +339,21 @@ def make_train_loader(
         pin_memory=pin_memory,
         drop_last=True,
     )
-    if len(loader) == 0:
-        raise ConfigError(
-            "batch_size",
-            f"at most the training split's {len(dataset)} images (per rank {len(sampler)}): a batch of {per_rank} "  # type: ignore[arg-type]
-            "is more than it holds",
-            cfg.batch_size,
-        )
+    from impl.data.miniplaces import MiniPlaces  # only to name the split file in require_a_batch's message
+
+    split_file = dataset.root / f"{dataset.split}.txt" if isinstance(dataset, MiniPlaces) else None
+    require_a_batch(loader, cfg.batch_size, len(dataset), split_file)  # type: ignore[arg-type]
     return loader
+
+
+def require_a_batch(loader: Sized, batch_size: int, images: int, split_file: Path | None = None) -> None:
+    """Refuse a drop-last training loader without one full batch, naming the split file where one is known: the one
+    check and message of both training data paths (this DataLoader and impl.cli's --data-on-device loader). Under
+    DDP too, batch_size <= images is the whole condition: batch_size is a multiple of the ranks, so each rank's share
+    of it fits in each rank's floor(images / ranks) samples exactly when the whole batch fits in the split."""
+    if len(loader) == 0:
+        where = f" ({split_file})" if split_file is not None else ""
+        raise ConfigError("batch_size", f"at most the training split's {images} images{where}", batch_size)
 
 
 def make_eval_loader(
