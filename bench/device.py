@@ -122,13 +122,15 @@ def process_memory_mib(setup: str, step: str, steps: int = 5, threads: int | Non
 
 
 def step_memory_mib(
-    setup: str, make_step: Callable[[], Callable[[], object]], device: torch.device, steps: int
+    setup: str, make_step: Callable[[], Callable[[], object]], device: torch.device, steps: int, probes: int = 3
 ) -> dict[str, float | None]:
-    """The memory columns of `steps` training steps. On CPU a fresh process (`process_memory_mib`) runs `setup`,
-    code that defines `step`; on CUDA `make_step()` runs here, one warm-up step first (lazy init and cuDNN autotuning
-    are not a step's memory), under `cuda_memory_mib`."""
+    """The memory columns of `steps` training steps. On CPU `probes` fresh processes (`process_memory_mib`) each
+    run `setup`, code that defines `step`, and the one with the median step peak is reported (one SimpleNet probe
+    varied by +-3 %, as much as the custom conv's margin); on CUDA `make_step()` runs here, one warm-up step first
+    (lazy init and cuDNN autotuning are not a step's memory), under `cuda_memory_mib`."""
     if device.type == "cuda":
         step = make_step()
         step()
         return cuda_memory_mib(lambda: [step() for _ in range(steps)], device)
-    return process_memory_mib(setup, "step()", steps=steps, threads=torch.get_num_threads())
+    runs = [process_memory_mib(setup, "step()", steps=steps, threads=torch.get_num_threads()) for _ in range(probes)]
+    return sorted(runs, key=lambda run: run["step_peak_mib"])[len(runs) // 2] | {"memory_probes": probes}

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from bench import device as bench_device
 from bench import tables
 from bench.device import nvml_used_mib, process_memory_mib
 from bench.interleaved import interleave_processes
@@ -78,6 +79,29 @@ def test_process_memory_probe_sees_what_the_steps_hold_and_their_peak() -> None:
     assert mem["step_peak_mib"] >= 127, mem
     assert mem["rss_after_mib"] - mem["rss_setup_mib"] >= 63, mem
     assert mem["rss_peak_mib"] >= mem["rss_after_mib"] >= mem["rss_setup_mib"] > 0, mem
+
+
+def test_cpu_step_memory_reports_the_probe_with_the_median_step_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three fresh-process probes; the reported columns are all one probe's, the one whose step peak is the
+    median (not the first, not the max, not a mix of probes)."""
+    peaks = iter([300.0, 100.0, 200.0])
+    calls: list[str] = []
+
+    def probe(setup: str, step: str, steps: int, threads: int) -> dict[str, float]:
+        calls.append(setup)
+        peak = next(peaks)
+        return {"rss_setup_mib": 1.0, "rss_peak_mib": peak + 1, "rss_after_mib": peak / 2, "step_peak_mib": peak}
+
+    monkeypatch.setattr(bench_device, "process_memory_mib", probe)
+    got = bench_device.step_memory_mib("step = print", lambda: print, torch.device("cpu"), steps=2)
+    assert calls == ["step = print"] * 3, calls
+    assert got == {
+        "rss_setup_mib": 1.0,
+        "rss_peak_mib": 201.0,
+        "rss_after_mib": 100.0,
+        "step_peak_mib": 200.0,
+        "memory_probes": 3,
+    }, got
 
 
 def test_process_interleaving_runs_each_candidate_alone_in_its_own_process(tmp_path: Path) -> None:
