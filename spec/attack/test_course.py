@@ -114,18 +114,27 @@ def _own_target_loss(model: nn.Module, images: Tensor, target: Tensor) -> Tensor
         return F.cross_entropy(model(images), target, reduction="none")
 
 
+# The share of examples whose least-confident label's loss must fall after one step of 2.5ε. Measured (one step,
+# float64, the session's trained TinyNet; ε 0.01 and 0.03 on 64 examples, 0.02 on 16; random starts over 50 seeds):
+# impl, corpus correct_a and correct_b 100 %; the random-start readings (uniform start in the ε-ball, target fixed or
+# per step, box clamp or not) at least 63/64 = 98.4 % (a per-step target's near-ties); the mutants it is meant to
+# catch: pgd_ascends 0 %, pgd_argmax_target at most 26/64 = 40.6 %. 0.7 sits about halfway: 28 points below the worst
+# correct reading, 29 above the best caught mistake (a false positive is as bad as a miss).
+DESCENT_SHARE = 0.7
+
+
 def _descent_failure(model: nn.Module, x: Tensor, adv: Tensor, step: float, eps: float) -> str:
-    """Nothing when the least-confident label of each clean example has a lower loss after the attack for at least 90 %
-    of the examples (the rest: near-ties of the target under a random start); else the one-line complaint."""
+    """Nothing when the least-confident label of each clean example has a lower loss after the attack for at least
+    DESCENT_SHARE of the examples (the rest: near-ties of the target under a random start); else the complaint."""
     with torch.no_grad():
         target = model(x).argmin(1)
     before, after = _own_target_loss(model, x, target), _own_target_loss(model, adv, target)
     fell = int((after < before).sum())
-    if fell >= 0.9 * len(x):
+    if fell >= DESCENT_SHARE * len(x):
         return ""
     return (
         f"one step of {step} within ε = {eps}: the least-confident label's loss fell for only {fell} of {len(x)} "
-        f"examples (mean {before.mean():.3g} → {after.mean():.3g}; a descent step lowers it)"
+        f"examples, below {DESCENT_SHARE:.0%} (mean {before.mean():.3g} → {after.mean():.3g}; a descent step lowers it)"
     )
 
 
@@ -299,19 +308,31 @@ def test_course_pgd_works_inside_no_grad(subject, trained):
 
 
 def test_course_batch_equals_per_example(subject, trained):
-    """A deterministic attack (the same result under two seeds) must give each example what it gives it alone; one with
-    a random start is judged per example instead: each example of the batch result lies in its own ε-ball and lowers
-    its own least-confident label's loss, as it would alone."""
+    """Each example's result depends on that example alone. Exactly, for every attack whose randomness (a random start
+    inside the ε-ball, if any) torch's seed fixes: replayed under the same seed with every other example of the batch
+    replaced by another image, the kept examples' results must not move. A deterministic attack (the same result under
+    two seeds) must also give each example what it gives it alone. Every attack: each example of the batch result
+    lies in its own ε-ball and lowers its own least-confident label's loss, as it would alone."""
     PGDAttack = need(subject, "PGDAttack")
     model, images, _ = trained
     model64, x = copy.deepcopy(model).double(), images[:16].double()
     eps = 0.02
     attack = PGDAttack(nn.CrossEntropyLoss(), num_steps=1, step_size=2.5 * eps, epsilon=eps)
-    torch.manual_seed(1)
-    batch = attack.perturb(model64, x).double()
-    torch.manual_seed(2)
-    again = attack.perturb(model64, x).double()
-    if torch.equal(batch, again):
+
+    def seeded(seed: int, inputs: Tensor) -> Tensor:
+        torch.manual_seed(seed)
+        return attack.perturb(model64, inputs).double()
+
+    batch = seeded(1, x)
+    if torch.equal(batch, seeded(1, x)):  # reproducible under torch's seed: the neighbours' test is exact
+        mixed = x.clone()
+        mixed[1::2] = images[16:32:2].double()  # same shape, so the same random draws; other odd examples
+        err = (seeded(1, mixed)[0::2] - batch[0::2]).abs().max().item()
+        assert err <= 1e-9, (
+            f"under the same seed, replacing the odd examples of a batch of {len(x)} moved the even examples' results "
+            f"by {err:.3g}: an example's attack depends on the others in its batch"
+        )
+    if torch.equal(batch, seeded(2, x)):
         single = torch.cat([attack.perturb(model64, x[i : i + 1]).double() for i in range(len(x))])
         err = (batch - single).abs().max().item()
         assert err <= 1e-9, f"batched and per-example course PGD differ by {err:.3g} (a deterministic attack)"
