@@ -877,12 +877,14 @@ def run_demo(args: argparse.Namespace) -> int:
     from impl.demo import run_demo as demo
     from impl.train import CheckpointError
 
+    if args.attack_images < 0:
+        raise UsageError(f"--attack-images must be >= 0 (0 skips the robustness section), got {args.attack_images}")
     cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
     try:
         report = demo(cfg)
     except DemoTrainingFailed as exc:  # the train step printed why
         return exc.status
-    except (DataError, CheckpointError, ValueError) as exc:
+    except (DataError, CheckpointError) as exc:  # what the demo's inputs raise; any other error is a bug
         raise UsageError(_one_line(exc)) from exc
     except OSError as exc:
         raise UsageError(os_error_line(exc)) from exc
