@@ -1,5 +1,5 @@
 """The main job behind `miniplaces demo` and `nox -s demo`: data, a short training, the best checkpoint evaluated with
-flip averaging, and `report.md` with its curves and a course-mode PGD section. Spec: spec/cli/test_cli.py.
+flip averaging, and `report.md` with its curves and a course-mode PGD section. Spec: spec/cli/test_cli.py, spec/demo/.
 
     from impl.demo import DemoConfig, run_demo
     report = run_demo(DemoConfig(epochs=2, workers=0))     # <out>/<run>/report.md
