@@ -353,7 +353,10 @@ def require_a_batch(loader: Sized, batch_size: int, images: int, split_file: Pat
     of it fits in each rank's floor(images / ranks) samples exactly when the whole batch fits in the split."""
     if len(loader) == 0:
         where = f" ({split_file})" if split_file is not None else ""
-        raise ConfigError("batch_size", f"at most the training split's {images} images{where}", batch_size)
+        requirement = (
+            f"at most the training split's {images} images{where}: a batch of {batch_size} is more than it holds"
+        )
+        raise ConfigError("batch_size", requirement, batch_size)
 
 
 def make_eval_loader(

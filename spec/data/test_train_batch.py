@@ -30,12 +30,13 @@ def test_both_data_paths_give_the_same_one_line_error_naming_the_split_file(synt
     assert course == device, f"the two paths disagree:\ncourse: {course}device: {device}"
     lines = course.strip().splitlines()
     assert len(lines) == 1, course
-    expected = f"-b must be at most the training split's 24 images ({synthetic_root / 'train.txt'}), got 64"
+    expected = f"-b must be at most the training split's 24 images ({synthetic_root / 'train.txt'}): a batch of 64 is"
     assert expected in lines[0], lines[0]
 
 
 def test_a_dataset_without_a_split_file_gets_the_message_without_one():
     data = TensorDataset(torch.zeros(5, 1), torch.zeros(5, dtype=torch.long))
-    expected = r"^TrainConfig\.batch_size must be at most the training split's 5 images, got 8$"
+    expected = r"^TrainConfig\.batch_size must be at most the training split's 5 images: a batch of 8 is more than it "
+    expected += "holds, got 8$"
     with pytest.raises(ConfigError, match=expected):
         make_train_loader(data, TrainConfig(batch_size=8, workers=0))
