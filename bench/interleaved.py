@@ -30,6 +30,9 @@ from bench.conftest import _git_commit
 from bench.device import device_label
 
 METHOD = "one interleaved loop, random order per round, median of rounds"
+PROCESS_METHOD = (
+    "one interleaved loop over worker processes, one per candidate, random order per round, median of rounds"
+)
 
 
 def interleave(

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.device import bench_device, step_memory_mib
-from bench.interleaved import entry, env_int, interleave, interleave_processes, raw_file, write
+from bench.interleaved import METHOD, PROCESS_METHOD, entry, env_int, interleave, interleave_processes, raw_file, write
 from bench.models.cases import make_simplenet_step
 from impl.conv import _out_size, custom_conv2d
 
@@ -114,7 +114,8 @@ def run(device: torch.device, batch: int, layer_rounds: int, step_rounds: int, m
         memory = {n: step_memory(*STEPS[n], device, batch, memory_steps) for n in names}
         case = f"SimpleNet SGD step b{batch} 128px {'channels_last' if channels_last else 'NCHW'}"
         records += records_of(case, times, names[0], memory)
-    return raw_file(device, records, batch=batch, memory_steps=memory_steps)
+    method = f"layers: {METHOD}; SimpleNet steps: {PROCESS_METHOD}"
+    return raw_file(device, records, batch=batch, memory_steps=memory_steps, method=method)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bench.device import bench_device, step_memory_mib
-from bench.interleaved import entry, env_int, interleave_processes, raw_file, write
+from bench.interleaved import PROCESS_METHOD, entry, env_int, interleave_processes, raw_file, write
 from bench.models.cases import MODELS, make_train_step
 
 TABLE = "models"
@@ -50,7 +50,7 @@ def run(device: torch.device, batch: int, rounds: int, memory_steps: int) -> dic
     for name, seconds in times.items():
         info = {"images_per_s": batch / statistics.median(seconds), **memory(name, device, batch, memory_steps)}
         records.append(entry(TABLE, case, name, seconds, name == BASELINE, **info, **SEED.get(name, {})))
-    return raw_file(device, records, batch=batch, memory_steps=memory_steps)
+    return raw_file(device, records, batch=batch, memory_steps=memory_steps, method=PROCESS_METHOD)
 
 
 def main(argv: list[str] | None = None) -> None:
