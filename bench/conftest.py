@@ -37,9 +37,13 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 def _git_commit() -> str:
+    """HEAD's short hash, with "+dirty" when the code a benchmark runs (impl/, bench/) differs from it."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", "impl", "bench"], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

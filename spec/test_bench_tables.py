@@ -155,3 +155,32 @@ def test_cuda_memory_columns_see_a_64_mib_tensor() -> None:
     assert mem["cuda_max_allocated_mib"] >= 64, mem
     assert mem["cuda_max_reserved_mib"] >= mem["cuda_max_allocated_mib"], mem
     assert mem["nvml_used_mib"] is None or mem["nvml_used_mib"] >= mem["cuda_max_reserved_mib"], mem
+
+
+def test_a_raw_file_commit_says_dirty_when_the_benchmarked_code_is_uncommitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit a raw file names is only provenance if uncommitted changes to impl/ or bench/ show in it;
+    an edited report or note elsewhere does not."""
+    import subprocess
+
+    from bench.conftest import _git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True, capture_output=True
+        )
+
+    (tmp_path / "impl").mkdir()
+    (tmp_path / "impl" / "conv.py").write_text("x = 1\n")
+    (tmp_path / "NOTES.md").write_text("a\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    monkeypatch.chdir(tmp_path)
+    clean = _git_commit()
+    assert len(clean) >= 7 and "+" not in clean, clean
+    (tmp_path / "NOTES.md").write_text("b\n")
+    assert _git_commit() == clean
+    (tmp_path / "impl" / "conv.py").write_text("x = 2\n")
+    assert _git_commit() == clean + "+dirty"
