@@ -53,9 +53,9 @@ ALGORITHMS: tuple[Algorithm, ...] = ("unfold", "fast")
 # are kept under this size together, so that a chunk's columns are still in cache when its GEMM reads them: on the
 # 2-core EPYC of reports/conv.md a 3x3 forward ran 1.6-1.9x native's time at 2-8 MiB and 2.2-2.4x at 16 MiB (one
 # sample per chunk where a sample alone is larger). The price is more parallel regions per call (four per chunk:
-# pad, im2col, GEMM, output copy), each of which waits for a descheduled pool thread on an oversubscribed CPU: with
-# two busy processes beside it the SimpleNet step ran 1.6-1.8x native's time at 4-16 MiB, where copies kept on the
-# calling thread (one region per chunk) ran 1.2x; idle, those ran 1.24x and these 1.05x.
+# pad, im2col, GEMM, output copy), each of which waits for a descheduled pool thread on an oversubscribed CPU:
+# beside a test run (and two busy processes) the SimpleNet step ran 1.5-1.8x native's time here, where copies kept
+# on the calling thread at 16 MiB (one region per chunk) ran 1.2-1.3x; idle, those ran 1.24x and these 1.05x.
 COLUMN_BUDGET_BYTES = 4 * 2**20
 
 # A call's transients are views of one buffer at least this large, allocated per call. glibc serves an allocation
