@@ -58,7 +58,7 @@ SCOPE: tuple[str, ...] = (
     "impl.conv.x_custom_conv2d*",
     # the fast Function and the routing its GEMMs and layouts go through (its kernels, ~1,300 mutants, are not)
     "impl.conv.xǁFastConv2DFunctionǁ*",
-    "impl.conv.x__gemm*",
+    "impl.conv.x_gemm*",
     "impl.conv.x__is_pointwise*",
     "impl.conv.x__layout_empty*",
     "impl.attention.x_window_partition*",
@@ -131,16 +131,10 @@ _ONEDNN = (
     'return _ONEDNN_MATMUL(a, b, {bias}, "none", [], "") → return _ONEDNN_MATMUL(a, b, {bias}, "none", [], {algo})'
 )
 for _operand in ("a", "b"):
-    SURVIVORS[f"conv.x__gemm: and {_operand}.numel() > 0 → and {_operand}.numel() >= 0"] = _EMPTY
-    SURVIVORS[f"conv.x__gemm: and {_operand}.numel() > 0 → and {_operand}.numel() > 1"] = _ROUTE
+    SURVIVORS[f"conv.x_gemm: and {_operand}.numel() > 0 → and {_operand}.numel() >= 0"] = _EMPTY
+    SURVIVORS[f"conv.x_gemm: and {_operand}.numel() > 0 → and {_operand}.numel() > 1"] = _ROUTE
 for _algo in ("None", '"XXXX"'):
-    SURVIVORS[f"conv.x__gemm: {_ONEDNN.format(bias='None if bias is None else bias.contiguous()', algo=_algo)}"] = _ALGO
-_CONTIGUOUS = "if grad_input is not None and ctx.algorithm == {} and not ctx.channels_last:"
-for _algo in ('"XXfastXX"', '"FAST"'):
-    SURVIVORS[f"conv.x__backward: {_CONTIGUOUS.format(chr(34) + 'fast' + chr(34))} → {_CONTIGUOUS.format(_algo)}"] = (
-        "every fast backward route writes grad_input into a fresh tensor in the input's layout (_layout_empty or "
-        "new_empty), so for an NCHW input the .contiguous() it skips is a no-op (spec/conv/test_layouts.py checks it)"
-    )
+    SURVIVORS[f"conv.x_gemm: {_ONEDNN.format(bias='None if bias is None else bias.contiguous()', algo=_algo)}"] = _ALGO
 SURVIVORS[
     "conv.x__fast_backward: if ctx.needs_input_grad[0] and ctx.stride == (1, 1): → if ctx.needs_input_grad[1] and "
     "ctx.stride == (1, 1):"
