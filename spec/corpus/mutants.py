@@ -1,9 +1,11 @@
-"""The corpus's mutants: each one real student mistake, a one-line edit of a correct corpus file.
+"""The corpus's mutants: each one real student mistake (or a valid variant), a one-line edit of a correct corpus file.
 
-A mutant is (name, graded part, base folder, file, old text, new text): `materialize` copies the base folder
+A mutant is (name, graded part, base, file, old text, new text): `materialize` copies the base folder
 (student_code.py and its sibling custom_blocks.py, the course layout) and applies the edit, so the harness loads a
-real file. `python -m spec.corpus.mutants OUT` writes every mutant to OUT/<name>/ for running `miniplaces verify` by
-hand. The verdicts are asserted in spec/test_corpus.py.
+real file. A mutant with expect="PASS" is no mistake but a valid variant, another correct implementation (its whole
+card passes at the course tier); a mistake only some valid readings can make names such a variant as its base and is
+applied on top of it. `python -m spec.corpus.mutants OUT` writes every mutant to OUT/<name>/ for running
+`miniplaces verify` by hand. The verdicts are asserted in spec/test_corpus.py.
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ CORRECT = ("correct_a", "correct_b")  # two correct implementations that make di
 @dataclass(frozen=True)
 class Mutant:
     name: str
-    part: str  # the report-card part that must FAIL
-    base: str  # the correct folder it edits
+    part: str  # the report-card part that must FAIL (a valid variant: the part it edits; its whole card passes)
+    base: str  # the correct folder it edits, or a valid variant's name: then it edits that variant's file
     file: str  # the edited file in that folder
     old: str  # occurs exactly once in the file
     new: str
     diagnosis: str = ""  # a phrase the part's diagnosis must contain, where the spec names this mistake
     fast: bool = False  # in the default run (one or two per part); all run under `nox -s corpus`
-    expect: str = "FAIL"  # "WARN" for a choice the spec holds as advised only (see spec/CONTRACT.md)
+    expect: str = "FAIL"  # "WARN" for a choice the spec holds as advised only (see spec/CONTRACT.md); "PASS": valid
 
 
 A, B, SC, CB = "correct_a", "correct_b", "student_code.py", "custom_blocks.py"
+UNIFORM_START = "output = clean + torch.empty_like(clean).uniform_(-self.epsilon, self.epsilon)"
 
 MUTANTS: tuple[Mutant, ...] = (
     # §3.1.1 forward: a view breaks ReLU(inplace=True); the bias dropped.
@@ -250,6 +253,23 @@ MUTANTS: tuple[Mutant, ...] = (
         diagnosis="argmax",
     ),
     Mutant("pgd_leaves_model_in_train_mode", "pgd", A, SC, "m.training = training", "m.training = True"),
+    # Valid: PGD under l∞ as in the readme's [9] (Madry et al.) starts uniformly at random inside the ε-ball; on
+    # correct_a (target fixed from the clean input, box clamp, the bonus too) and on correct_b (per-step target).
+    Mutant("pgd_random_start", "pgd", A, SC, "output = clean.clone()", UNIFORM_START, fast=True, expect="PASS"),
+    Mutant("pgd_random_start_per_step_target", "pgd", B, SC, "output = clean.clone()", UNIFORM_START, expect="PASS"),
+    # The ε-ball as a rescale by the batch's largest |δ| (the l∞ twin of a batch-wide l2 norm): every example stays
+    # in its ball, but how far it moves depends on the others. From the deterministic start all |δ| are equal after
+    # one step, so the mistake shows only under a random start. Caught by the batch test's neighbour check under its
+    # seed (even examples move by 6.6e-7); the batch max often survives the swap: 11 of seeds 1-40 catch it.
+    Mutant(
+        "pgd_batch_scaled_projection",
+        "pgd",
+        "pgd_random_start",
+        SC,
+        "output = torch.min(torch.max(output, clean - self.epsilon), clean + self.epsilon)",
+        "output = clean + (output - clean) * (self.epsilon / ((output - clean).abs().max() + 1e-12)).clamp(max=1)",
+        diagnosis="depends on the others in its batch",
+    ),
     # main.py's -a path only evaluates after perturb; the bonus trains the same model, so that row catches it.
     Mutant("pgd_leaves_parameters_frozen", "bonus", A, SC, "p.requires_grad_(True)", "p.requires_grad_(False)"),
     Mutant(
@@ -275,18 +295,34 @@ MUTANTS: tuple[Mutant, ...] = (
 )
 
 
+BY_NAME = {m.name: m for m in MUTANTS}
+VARIANTS = tuple(m for m in MUTANTS if m.expect == "PASS")  # valid variants: more correct implementations
+
+
+def edits(mutant: Mutant) -> tuple[Mutant, ...]:
+    """The edits that make `mutant` from a correct folder, in order: its base variant's first, if it has one."""
+    if mutant.base in CORRECT:
+        return (mutant,)
+    base = BY_NAME.get(mutant.base)
+    if base is None or base.expect != "PASS":
+        raise ValueError(f"mutant {mutant.name}: base {mutant.base!r} is neither a folder of {CORRECT} nor a variant")
+    return (*edits(base), mutant)
+
+
 def materialize(mutant: Mutant, dest: Path) -> Path:
     """Write the mutant's folder to dest/<name>/ and return the path of its student_code.py."""
+    chain = edits(mutant)
     folder = dest / mutant.name
-    shutil.copytree(CORPUS / mutant.base, folder, ignore=shutil.ignore_patterns("__pycache__"))
-    target = folder / mutant.file
-    text = target.read_text()
-    if text.count(mutant.old) != 1:
-        raise ValueError(
-            f"mutant {mutant.name}: {mutant.old!r} occurs {text.count(mutant.old)} times in "
-            f"{mutant.base}/{mutant.file}, not once"
-        )
-    target.write_text(text.replace(mutant.old, mutant.new))
+    shutil.copytree(CORPUS / chain[0].base, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for edit in chain:
+        target = folder / edit.file
+        text = target.read_text()
+        if text.count(edit.old) != 1:
+            raise ValueError(
+                f"mutant {mutant.name}: {edit.old!r} occurs {text.count(edit.old)} times in "
+                f"{edit.base}/{edit.file}, not once"
+            )
+        target.write_text(text.replace(edit.old, edit.new))
     return folder / "student_code.py"
 
 
