@@ -123,8 +123,8 @@ SURVIVORS: dict[str, str] = {
 _ROUTE = "the same product by the other routine (torch.mm instead of oneDNN) for a 1-element operand: one multiply"
 _EMPTY = (
     "oneDNN multiplies an empty batch or zero output channels to the same empty result; the one empty shape it "
-    "refuses, K = 0, needs a weight with zero input channels, which CustomConv2d refuses (and F.conv2d has no answer "
-    "to compare)"
+    "refuses, K = 0, needs a weight with zero input channels, which check_conv_args refuses before any GEMM (as "
+    "F.conv2d does)"
 )
 _ALGO = "with attr 'none' oneDNN's _linear_pointwise ignores the algorithm string (same bits for '', None or 'XXXX')"
 _ONEDNN = (
