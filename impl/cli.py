@@ -923,6 +923,13 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="torch intra-op threads (default: torch's; 1 is fastest on a busy CPU)",
     )
+    p.add_argument(
+        "--data-on-device",
+        action="store_true",
+        help="train from the decoded uint8 cache with the augmentation on batches on --device (impl.data.gpu; no -j "
+        "workers): what makes the full programme fast on a GPU. Same distributions as the course transforms, not the "
+        "same draws; recorded in the result (loader)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run_reproduce)
 
@@ -948,7 +955,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
         try:
             result = run_experiment(
                 name, args.data, args.reduced, device, args.out, raw_dir=raw_dir, workers=workers,
-                threads=args.threads, progress=args.progress,
+                threads=args.threads, progress=args.progress, data_on_device=args.data_on_device,
             )  # fmt: skip
         except (ExperimentError, ConfigError, DataError, CheckpointError, RunFolderBusy, UnknownModel) as exc:
             raise UsageError(f"{name}: {_reproduce_flags(name_flags(_one_line(exc)))}") from exc
@@ -965,5 +972,5 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def _reproduce_flags(message: str) -> str:
-    """`threads must be ...` (run_experiment's argument) -> `--threads must be ...`."""
-    return re.sub(r"^threads\b", "--threads", message)
+    """`threads must be ...` (run_experiment's argument) -> `--threads must be ...`; likewise data_on_device."""
+    return re.sub(r"^data_on_device\b", "--data-on-device", re.sub(r"^threads\b", "--threads", message))

@@ -381,6 +381,7 @@ def run_experiment(
     threads: int | None = None,
     progress: bool = False,
     reuse: bool = False,
+    data_on_device: bool = False,
 ) -> dict[str, Any]:
     """Run experiment `name` at the reduced (default) or full scale and return its result (also written as
     `<raw_dir>/accuracy-<scale>-<name>.json` and `<out>/<scale>-<name>/result.json`).
@@ -392,20 +393,25 @@ def run_experiment(
     own such run. `threads` sets torch's intra-op threads for the run (1 is several times faster than 2 on a shared,
     loaded CPU: no OpenMP spinning). Everything is validated before `out` is touched; `out` is locked for the run
     (a second run into it raises RunFolderBusy), and an earlier run folder of the experiment is moved aside to
-    `<scale>-<name>.old-<time>`, never deleted.
+    `<scale>-<name>.old-<time>`, never deleted. `data_on_device` trains from the split's decoded uint8 cache through
+    `impl.data.gpu.DeviceLoader` (the course augmentation on batches, on `device`: its distributions, not its draws)
+    instead of the course DataLoader and its worker processes; evaluation keeps the course loader. It is part of the
+    run's fingerprint and provenance (`loader`), so a base trained one way is not reused for the other.
     """
     scale: Scale = "reduced" if reduced else "full"
-    source = _check_request(name, scale, data, workers, threads)
+    source = _check_request(name, scale, data, workers, threads, data_on_device)
     from impl.train import hold_lock
 
     with hold_lock(out, f"reproduce folder {out} is in use by another run"):
         return _run_locked(
             name, scale, source, torch.device(device), out, raw_dir if raw_dir is not None else out / "raw",
-            workers=workers, threads=threads, progress=progress, reuse=reuse,
+            workers=workers, threads=threads, progress=progress, reuse=reuse, data_on_device=data_on_device,
         )  # fmt: skip
 
 
-def _check_request(name: str, scale: Scale, data: Path | None, workers: int, threads: int | None) -> Path:
+def _check_request(
+    name: str, scale: Scale, data: Path | None, workers: int, threads: int | None, data_on_device: bool
+) -> Path:
     """The data folder of a run of `name`, after checking every setting it will use (and its base's)."""
     exp = get(name)
     source = data if data is not None else default_data(scale)
@@ -417,6 +423,10 @@ def _check_request(name: str, scale: Scale, data: Path | None, workers: int, thr
         raise ExperimentError(f"data folder {source} does not exist")
     if threads is not None and threads < 1:
         raise ExperimentError(f"threads must be >= 1, got {threads}")
+    if data_on_device and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ExperimentError(
+            "data_on_device runs in one process: under torchrun every rank would train on the whole set"
+        )
     for each in (exp, get(exp.base)) if exp.base is not None else (exp,):
         train_config(each, scale, workers=workers)  # a ConfigError names the field (workers: -j)
     return source
@@ -434,13 +444,14 @@ def _run_locked(
     threads: int | None,
     progress: bool,
     reuse: bool,
+    data_on_device: bool,
 ) -> dict[str, Any]:
     """`run_experiment`'s body, with `out` locked and the request checked."""
     exp = get(name)
     run_dir = out / f"{scale}-{name}"
     done = run_dir / "result.json"
     recipe = exp.recipe(scale)
-    fingerprint = _fingerprint(exp, scale, source)
+    fingerprint = _fingerprint(exp, scale, source, data_on_device)
     if reuse and done.is_file():
         earlier = json.loads(done.read_text())
         if earlier.get("fingerprint") == fingerprint:
@@ -451,7 +462,7 @@ def _run_locked(
     if exp.needs_base(scale):
         assert exp.base is not None
         base = _run_locked(exp.base, scale, source, device, out, raw_dir, workers=workers, threads=threads,
-                           progress=progress, reuse=True)  # fmt: skip
+                           progress=progress, reuse=True, data_on_device=data_on_device)  # fmt: skip
     root = prepare_data(source, recipe.data, out / f"data-{scale}")
     if raw_dir.resolve() == RAW_DIR.resolve():
         _check_recordable(exp, scale, root)
@@ -460,13 +471,16 @@ def _run_locked(
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     start = time.perf_counter()
-    runner = {"train": _run_training, "adversarial": _run_training, "attack": _run_attack}[exp.kind]
     try:
-        result = runner(exp, scale, root, device, run_dir, base, workers, progress)
+        if exp.kind == "attack":
+            result = _run_attack(exp, scale, root, device, run_dir, base)
+        else:
+            result = _run_training(exp, scale, root, device, run_dir, base, workers, progress, data_on_device)
     finally:
         torch.set_num_threads(before)
     result["threads"] = threads or before
     result |= _provenance(exp, scale, source, root, run_dir, device, time.perf_counter() - start)
+    result["loader"] = _loader_label(exp, data_on_device, workers)
     result["fingerprint"] = fingerprint
     run_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2, sort_keys=True) + "\n"
@@ -510,15 +524,25 @@ def _move_aside(run_dir: Path) -> Path:
     return aside
 
 
-def _fingerprint(exp: Experiment, scale: Scale, source: Path) -> dict[str, Any]:
-    """What decides a run's result besides chance: the data (its folder and split files), the recipe, the code."""
+def _loader_label(exp: Experiment, data_on_device: bool, workers: int) -> str:
+    """How the run's training batches were made (provenance: the two loaders draw different augmentations)."""
+    if exp.kind == "attack":
+        return "none (no training)"
+    if data_on_device:
+        return "DeviceLoader: uint8 cache, course augmentation on batches on the device (impl.data.gpu)"
+    return f"course DataLoader: per-image transforms, {workers} worker processes"
+
+
+def _fingerprint(exp: Experiment, scale: Scale, source: Path, data_on_device: bool) -> dict[str, Any]:
+    """What decides a run's result besides chance: the data (its folder and split files), the recipe, the code, and
+    which loader made the training batches."""
     digest = hashlib.sha256()
     for split in ("train.txt", "val.txt", "categories.txt"):
         path = source / split
         digest.update(split.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"") + b"\0")
     recipe = json.loads(json.dumps(asdict(exp.recipe(scale)), sort_keys=True, default=str))
     return {"source": str(source.resolve()), "splits_sha256": digest.hexdigest(), "recipe": recipe,
-            "commit": _commit()}  # fmt: skip
+            "commit": _commit(), "data_on_device": data_on_device}  # fmt: skip
 
 
 def _val_set(root: Path, size: int) -> Any:
@@ -567,6 +591,7 @@ def _run_training(
     base: Mapping[str, Any] | None,
     workers: int,
     progress: bool,
+    data_on_device: bool,
 ) -> dict[str, Any]:
     from torch.utils.data import Subset
 
@@ -591,9 +616,13 @@ def _run_training(
         )
         perturb, extra = adv.perturb, adv.extra_evals
         cfg = replace(cfg, best_metric=adv.best_metric)
+    if data_on_device:
+        train_loader = device_train_loader(root, cfg, recipe.image_size, device, progress)
+    else:
+        train_loader = make_train_loader(train_set, cfg)
     fit_result = fit(
-        model, make_train_loader(train_set, cfg), val_loader, cfg, device=device, run_dir=run_dir, perturb=perturb,
-        extra_evals=extra, progress=progress,
+        model, train_loader, val_loader, cfg, device=device, run_dir=run_dir, perturb=perturb, extra_evals=extra,
+        progress=progress,
     )  # fmt: skip
     best_row = max(fit_result.history, key=lambda r: r[cfg.best_metric])
     load_weights(model, load_checkpoint(fit_result.best, device), fit_result.best)
@@ -606,6 +635,20 @@ def _run_training(
     if exp.kind == "adversarial":
         result["robustness"] = _adversarial_robustness(exp, model, attacked, device, run_dir, base, metrics)
     return result | {"metrics": metrics}
+
+
+def device_train_loader(root: Path, cfg: Any, size: int, device: torch.device, progress: bool = False) -> Any:
+    """The training split as a DeviceLoader: the uint8 cache (decoded on first use, at the images' 128 px) with the
+    course augmentation at the recipe's crop `size` (its canvas 9/8 of it, as `_datasets`), cfg's batch and seed."""
+    from impl.data.batch_transforms import AugmentConfig
+    from impl.data.gpu import cached_loader
+    from impl.train import require_a_batch
+
+    augment = AugmentConfig(size=size, resize=size * 9 // 8)
+    loader = cached_loader(root, "train", cfg.batch_size, device=device, augment=augment, seed=cfg.seed,
+                           channels_last=cfg.channels_last, progress=progress)  # fmt: skip
+    require_a_batch(loader, cfg.batch_size, loader.images.shape[0], root / "train.txt")
+    return loader
 
 
 def curve_difference(history: Sequence[Mapping[str, float]], other: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -712,8 +755,6 @@ def _run_attack(
     device: torch.device,
     run_dir: Path,
     base: Mapping[str, Any] | None,
-    workers: int,
-    progress: bool,
 ) -> dict[str, Any]:
     """The course's PGD (least-confident target, normalized ε 0.1, α 0.01) with its sweeps, on the base's model."""
     from torch.utils.data import Subset

@@ -102,6 +102,13 @@ def subject(request: pytest.FixtureRequest) -> ModuleType:
 
 
 @pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoded-image caches (impl.data.cache) go to a temporary folder unless a test sets its own: a test never
+    writes into the user's ~/.cache (a DeviceLoader test did, before this)."""
+    monkeypatch.setenv("MINIPLACES_CACHE", str(tmp_path_factory.mktemp("miniplaces-cache")))
+
+
+@pytest.fixture(autouse=True)
 def _deterministic_numerics() -> None:
     """Seed every test and keep TF32 off so float32 comparisons against oracles are meaningful on CUDA."""
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from impl import accuracy_report, experiments
 from impl.adversarial import AdvTrainConfig
@@ -22,7 +23,7 @@ from impl.experiments import (
     select_classes,
     train_config,
 )
-from impl.train import TrainConfig
+from impl.train import ConfigError, TrainConfig
 
 KNOWN_METRICS = {
     "train": {"top1", "top5", "flip_top1", "flip_top5"},
@@ -217,11 +218,12 @@ def test_accuracy_report_without_raw_results_is_an_error(tmp_path, capsys) -> No
 @pytest.fixture
 def stubbed(tmp_path, monkeypatch) -> dict:
     """Stub the runners (each call is counted, its run folder marked) and point RAW_DIR at an empty folder."""
-    calls: dict = {"train": [], "attack": [], "repo_raw": tmp_path / "repo-raw"}
+    calls: dict = {"train": [], "attack": [], "options": [], "repo_raw": tmp_path / "repo-raw"}
 
     def runner(kind: str):
-        def run(exp, scale, root, device, run_dir, base, workers, progress) -> dict:
+        def run(exp, scale, root, device, run_dir, base, *options) -> dict:
             calls[kind].append((exp.name, base is not None))
+            calls["options"].append((exp.name, options))
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "marker").write_text(f"{exp.name} {len(calls[kind])}")
             return {"metrics": {"top1": 50.0}}
@@ -336,3 +338,52 @@ def test_reproduce_lets_a_bug_raise_instead_of_calling_it_a_usage_error(tmp_path
     monkeypatch.setattr(experiments, "_run_training", buggy)
     with pytest.raises(ValueError, match="a bug"):
         _reproduce("simplenet", _fake_miniplaces(tmp_path / "src", classes=12), tmp_path / "out")
+
+
+def test_data_on_device_reaches_the_training_run_and_keeps_bases_apart(tmp_path, stubbed, capsys) -> None:
+    """--data-on-device is the training runner's last option, the result names the loader, and a base trained by
+    the course DataLoader is not reused for a run that asks for the DeviceLoader (their augmentation draws differ)."""
+    data, out = _fake_miniplaces(tmp_path / "src", classes=12), tmp_path / "out"
+    assert _reproduce("pgd-course", data, out) == 0, capsys.readouterr().err
+    assert _reproduce("pgd-course", data, out, "--data-on-device") == 0, capsys.readouterr().err
+    assert stubbed["train"] == [("simplenet", False)] * 2, "the course-loader base was reused for --data-on-device"
+    train_options = [opts for name, opts in stubbed["options"] if name == "simplenet"]
+    assert [opts[-1] for opts in train_options] == [False, True], train_options
+    assert [opts for name, opts in stubbed["options"] if name == "pgd-course"] == [(), ()], "the attack got options"
+    result = json.loads((out / "reduced-simplenet" / "result.json").read_text())
+    assert result["fingerprint"]["data_on_device"] is True and result["loader"].startswith("DeviceLoader"), result
+    assert _reproduce("pgd-course", data, out, "--data-on-device") == 0
+    assert len(stubbed["train"]) == 2, "the DeviceLoader base was not reused on the same request"
+
+
+def test_data_on_device_is_refused_under_torchrun(tmp_path, stubbed, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    data, out = _fake_miniplaces(tmp_path / "src", classes=12), tmp_path / "out"
+    assert _reproduce("simplenet", data, out, "--data-on-device") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data-on-device runs in one process" in err[0], err
+    assert not stubbed["train"] and not out.exists(), "refused, yet it ran or wrote"
+
+
+def test_the_device_train_loader_gives_the_recipes_batches_from_the_split(tmp_path, monkeypatch) -> None:
+    """On real image files: every drop-last batch is (B, 3, s, s) at the recipe's crop, float, on the device, with
+    labels drawn from the split without repeats in an epoch; a batch larger than the split is one error naming it.
+    The cache goes where $MINIPLACES_CACHE says (never into the user's home from a test)."""
+    from impl.data import make_synthetic
+
+    monkeypatch.setenv("MINIPLACES_CACHE", str(tmp_path / "cache"))
+
+    root = make_synthetic(tmp_path / "syn", num_classes=3, train_per_class=5, val_per_class=1, image_size=32)
+    cfg = experiments.train_config(BY_NAME["simplenet"], "reduced", batch_size=4, workers=0)
+    loader = experiments.device_train_loader(root, cfg, 24, torch.device("cpu"))
+    batches = list(loader)
+    assert len(batches) == 15 // 4, len(batches)
+    for x, _ in batches:
+        assert x.shape == (4, 3, 24, 24) and x.dtype == torch.float32 and x.device.type == "cpu", (x.shape, x.dtype)
+    assert len(list((tmp_path / "cache").glob("train-*.npy"))) == 2, list((tmp_path / "cache").iterdir())
+    labels = torch.cat([y for _, y in batches])
+    assert len(set(labels.tolist()) - {0, 1, 2}) == 0 and torch.bincount(labels, minlength=3).max() <= 5, labels
+    too_big = experiments.train_config(BY_NAME["simplenet"], "reduced", batch_size=16, workers=0)
+    with pytest.raises(ConfigError, match=r"15 images \(.*train\.txt\)") as info:
+        experiments.device_train_loader(root, too_big, 24, torch.device("cpu"))
+    assert "\n" not in str(info.value), str(info.value)
