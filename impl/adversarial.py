@@ -28,11 +28,11 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from impl.attack import eval_mode, pgd
 from impl.data import IMAGENET_MEAN, IMAGENET_STD
-from impl.train import ExtraEval, Perturb, autocast, evaluate
+from impl.train import DistInfo, ExtraEval, Perturb, autocast, evaluate, make_eval_loader
 
 log = logging.getLogger(__name__)
 
@@ -209,3 +209,31 @@ def adversarial_training(
             )
         evals.append(CatastrophicOverfittingMonitor(*monitor_batch, cfg, mean, std))
     return AdversarialTraining(make_perturb(cfg, mean, std), tuple(evals), "val_pgd_top1")
+
+
+MONITOR_IMAGES = 256  # the FGSM-RS monitor's fixed batch: the first this many robust-validation images
+
+
+def adversarial_training_on(
+    cfg: AdvTrainConfig,
+    val_set: Dataset,
+    device: torch.device,
+    *,
+    val_images: int,
+    batch_size: int,
+    workers: int = 0,
+    info: DistInfo | None = None,
+    pin_memory: bool = False,
+) -> AdversarialTraining:
+    """`adversarial_training` on a val set (what `--adv-train` runs): robust validation on its first `val_images`
+    images, in this rank's shard, and for FGSM-RS the monitor on the first MONITOR_IMAGES of them."""
+    subset = Subset(val_set, range(min(val_images, len(val_set))))  # type: ignore[arg-type]
+    loader = make_eval_loader(subset, batch_size, workers=workers, info=info, pin_memory=pin_memory)
+    monitor = None
+    if cfg.method == "fgsm-rs":  # one fixed batch, the same every epoch
+        items = [subset[i] for i in range(min(MONITOR_IMAGES, len(subset)))]
+        monitor = (torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
+    steps = cfg.steps if cfg.method == "pgd" else 1
+    log.info("adversarial training: %s, pixel eps %.4g alpha %.4g, %d step(s)", cfg.method, cfg.eps, cfg.step_size,
+             steps)  # fmt: skip
+    return adversarial_training(cfg, loader, device, monitor_batch=monitor)

@@ -686,30 +686,16 @@ def _adversarial_training(
     """`--adv-train`: the perturbation, PGD validation on the first --adv-val-images val images, the FGSM-RS monitor."""
     if args.adv_train is None:
         return None
-    from torch.utils.data import Subset
-
-    from impl.adversarial import AdvTrainConfig, adversarial_training
-    from impl.train import make_eval_loader
+    from impl.adversarial import AdvTrainConfig, adversarial_training_on
 
     try:
         adv_cfg = AdvTrainConfig(args.adv_train, args.adv_eps, args.adv_alpha, args.adv_steps, amp=args.amp)
     except ValueError as exc:
         raise UsageError(name_flags(str(exc))) from exc
-    subset = Subset(val_set, range(min(args.adv_val_images, len(val_set))))
-    loader = make_eval_loader(subset, cfg.val_batch_size, workers=cfg.workers, info=info, pin_memory=pin)
-    monitor = None
-    if adv_cfg.method == "fgsm-rs":  # a fixed batch, the same every epoch
-        items = [subset[i] for i in range(min(256, len(subset)))]
-        monitor = (torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
-    steps = adv_cfg.steps if adv_cfg.method == "pgd" else 1
-    log.info(
-        "adversarial training: %s, pixel eps %.4g alpha %.4g, %d step(s)",
-        adv_cfg.method,
-        adv_cfg.eps,
-        adv_cfg.step_size,
-        steps,
-    )
-    return adversarial_training(adv_cfg, loader, device, monitor_batch=monitor)
+    return adversarial_training_on(
+        adv_cfg, val_set, device, val_images=args.adv_val_images, batch_size=cfg.val_batch_size, workers=cfg.workers,
+        info=info, pin_memory=pin,
+    )  # fmt: skip
 
 
 def _progress_logging(enabled: bool) -> Any:

@@ -609,10 +609,10 @@ def _run_training(
     perturb, extra = None, ()
     attacked = Subset(val_set, range(min(recipe.attack_images or len(val_set), len(val_set))))
     if exp.kind == "adversarial":
-        from impl.adversarial import AdvTrainConfig, adversarial_training
+        from impl.adversarial import AdvTrainConfig, adversarial_training_on
 
-        adv = adversarial_training(
-            AdvTrainConfig(**exp.adversarial), make_eval_loader(attacked, cfg.val_batch_size), device
+        adv = adversarial_training_on(
+            AdvTrainConfig(**exp.adversarial), val_set, device, val_images=len(attacked), batch_size=cfg.val_batch_size
         )
         perturb, extra = adv.perturb, adv.extra_evals
         cfg = replace(cfg, best_metric=adv.best_metric)

@@ -181,3 +181,38 @@ def test_training_perturbation_makes_no_host_sync_on_cuda(method):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert adv.is_cuda and adv.shape == images.shape
+
+
+@pytest.mark.parametrize(
+    ("method", "n", "val_images", "attacked", "monitored"),
+    [("fgsm-rs", 300, 280, 280, 256), ("fgsm-rs", 40, 280, 40, 40), ("pgd", 300, 100, 100, None)],
+)
+def test_adversarial_training_on_a_val_set_validates_on_its_first_images(
+    monkeypatch, method, n, val_images, attacked, monitored
+):
+    """What `--adv-train` wires: robust validation over the first --adv-val-images val images (fewer when val is
+    smaller), and for FGSM-RS the monitor's fixed batch, the first MONITOR_IMAGES of them in order."""
+    from torch.utils.data import TensorDataset
+
+    from impl import adversarial
+
+    seen: list[int] = []
+    real = adversarial.make_eval_loader
+
+    def recording(dataset, *args, **kwargs):
+        seen.append(len(dataset))
+        return real(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(adversarial, "make_eval_loader", recording)
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 2, 2)
+    val_set = TensorDataset(images, torch.arange(n) % 4)
+    hooks = adversarial.adversarial_training_on(AdvTrainConfig(method), val_set, torch.device("cpu"),
+                                                val_images=val_images, batch_size=64)  # fmt: skip
+    assert seen == [attacked], f"robust validation over {seen} images, expected {attacked}"
+    monitors = [e for e in hooks.extra_evals if isinstance(e, CatastrophicOverfittingMonitor)]
+    if monitored is None:
+        assert not monitors and len(hooks.extra_evals) == 1, hooks.extra_evals
+        return
+    (monitor,) = monitors
+    assert torch.equal(monitor.images[:, 0, 0, 0], torch.arange(monitored, dtype=torch.float32)), monitor.images.shape
+    assert torch.equal(monitor.labels, torch.arange(monitored) % 4)
