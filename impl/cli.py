@@ -262,6 +262,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", default=2022, type=int, help="random seed (default: the course's 2022)")
     p.add_argument(
+        "--no-sync-bn",
+        dest="sync_bn",
+        action="store_false",
+        help="under torchrun: BatchNorm normalizes with each rank's own batch (default: the global batch, as one "
+        "process would)",
+    )
+    p.add_argument(
         "--out",
         default=None,
         type=Path,
@@ -480,6 +487,7 @@ def _train_config(args: argparse.Namespace, model_arch: str) -> TrainConfig:
             amp=args.amp,
             compile=args.compile,
             channels_last=args.channels_last,
+            sync_bn=args.sync_bn,
         )
     except ConfigError as exc:
         raise UsageError(name_flags(str(exc))) from exc

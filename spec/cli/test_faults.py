@@ -401,6 +401,14 @@ def test_more_workers_than_cpus_are_capped_with_one_log_line(tiny_data, monkeypa
     assert [r.getMessage() for r in caplog.records] == ["-j 8 capped at the 2 CPUs this process may use"]
 
 
+@pytest.mark.parametrize(("flags", "sync_bn"), [((), True), (("--no-sync-bn",), False)])
+def test_sync_batchnorm_is_on_by_default_and_no_sync_bn_turns_it_off(tiny_data, flags, sync_bn):
+    from impl import cli
+
+    args = cli.build_parser().parse_args(["train", str(tiny_data), *flags])
+    assert cli._train_config(args, "resnet18").sync_bn is sync_bn
+
+
 def test_resuming_a_complete_run_with_another_lr_says_the_flag_is_ignored(tiny_data, finished, capsys):
     status, out, err = _run(capsys, "train", tiny_data, "--resume", finished, *FAST)  # default --lr 0.1; the run's 0.01
     assert status == 0 and "is complete" in out and "Ignored, as nothing trains: --lr 0.1 (the run's: 0.01)" in out, (
