@@ -100,8 +100,10 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def reports(session: nox.Session) -> None:
-    """Regenerate every markdown table in reports/ from reports/raw/*.json, running no benchmark (byte-identical)."""
+    """Regenerate the markdown tables in reports/ from reports/raw/*.json, running nothing (byte-identical): the
+    benchmark tables and accuracy.md (verification.md is the mutation run's own output, `nox -s mutants`)."""
     session.run(PYTHON, "-m", "bench.tables")
+    session.run(PYTHON, "-m", "impl.accuracy_report")
 
 
 @nox.session

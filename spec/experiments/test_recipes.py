@@ -387,3 +387,32 @@ def test_the_device_train_loader_gives_the_recipes_batches_from_the_split(tmp_pa
     with pytest.raises(ConfigError, match=r"15 images \(.*train\.txt\)") as info:
         experiments.device_train_loader(root, too_big, 24, torch.device("cpu"))
     assert "\n" not in str(info.value), str(info.value)
+
+
+def test_the_raw_record_says_what_ran_where_on_what_and_for_how_long(tmp_path, stubbed) -> None:
+    """The issue's provenance: device, data used, epochs, wall time, commit, and which loader made the batches."""
+    import subprocess
+
+    data, out = _fake_miniplaces(tmp_path / "src", classes=12, train=4, val=3), tmp_path / "out"
+    assert _reproduce("simplenet", data, out) == 0
+    record = json.loads((out / "raw" / "accuracy-reduced-simplenet.json").read_text())
+    recipe = BY_NAME["simplenet"].reduced
+    classes = recipe.data.classes
+    assert (record["experiment"], record["scale"], record["epochs"]) == ("simplenet", "reduced", recipe.epochs), record
+    assert record["data"]["source"] == str(data)
+    assert len(record["data"]["classes"]) == classes, record["data"]
+    assert (record["data"]["train_images"], record["data"]["val_images"]) == (4 * classes, 3 * classes), record["data"]
+    assert record["device"] and record["torch"] == torch.__version__ and record["threads"] >= 1, record
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=experiments.REPO)
+    assert head.returncode != 0 or record["commit"].split("-")[0] == head.stdout.strip(), record["commit"]
+    assert 0 <= record["wall_time_s"] < 60, record["wall_time_s"]
+    assert record["loader"] == "course DataLoader: per-image transforms, 0 worker processes", record["loader"]
+    assert record["fingerprint"]["data_on_device"] is False, record["fingerprint"]
+
+
+def test_committed_accuracy_report_is_what_the_generator_makes_of_the_committed_raw_files() -> None:
+    results = accuracy_report.load(experiments.RAW_DIR)
+    if not results:
+        pytest.skip(f"no accuracy-*.json in {experiments.RAW_DIR}")
+    committed = (experiments.REPO / "reports" / "accuracy.md").read_text()
+    assert committed == accuracy_report.render(results), "reports/accuracy.md differs: rerun `nox -s reports`"
