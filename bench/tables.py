@@ -35,6 +35,9 @@ SEED_NOTE = (
     "Seed figures: the course's README, on its GPU (`nvidia-smi` memory, time per iteration): they set the scale of "
     "the custom/native gap, not a number to match on another device."
 )
+# The seed report's adversarial training cost against its natural training (its GPU); it has no FGSM-RS figure.
+SEED_TRAIN_RATIO = {"pgd-3 train step": 3.2}
+TRAIN_CANDIDATES = ("natural step", "pgd-3 train step", "fgsm-rs train step")
 
 
 def load_raw(raw_dir: Path = RAW) -> dict[str, dict[str, Any]]:
@@ -146,7 +149,25 @@ def speed_table(raws: dict[str, dict[str, Any]]) -> str:
             "(target for `fast` NCHW: <= 1.2).\n\n"
             f"{markdown(_columns(f, cols))}\n"
         )
+    parts += _adversarial_training_steps(raws)
     return "\n".join(parts)
+
+
+def _adversarial_training_steps(raws: dict[str, dict[str, Any]]) -> list[str]:
+    """The attack-floor benchmark's training steps: adversarial against natural, the seed's ratio beside ours."""
+    parts = []
+    for stem, raw, f in _frame(raws, "attack-floor"):
+        f = f[f["candidate"].isin(TRAIN_CANDIDATES)].copy()
+        f["seed_ratio_vs_natural"] = f["candidate"].map(SEED_TRAIN_RATIO)
+        cols = ["candidate", "case", "time_ms (median)", "time_ms (iqr)", "rounds", "ratio_vs_natural"]
+        cols += ["seed_ratio_vs_natural", "floor_vs_natural", "target_vs_natural"]
+        parts.append(
+            f"## Adversarial training step against natural ({stem})\n\n{machine_line(raw)}\n\n"
+            "`floor_vs_natural`: k forwards with an input-only backward plus the natural step, against the natural "
+            "step, measured here; `target_vs_natural`: issue 10's target (details in attack.md).\n\n"
+            f"{markdown(_columns(f, cols))}\n"
+        )
+    return parts
 
 
 def _data_against_models(models: pd.DataFrame, data: pd.DataFrame) -> str:

@@ -52,6 +52,26 @@ def test_generation_is_deterministic_and_reads_nothing_but_raw(tmp_path: Path) -
     assert "loader b" in first["speed.md"], first["speed.md"]
 
 
+def test_speed_table_puts_the_seeds_adversarial_training_ratio_beside_ours(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    steps = {"natural step": (0.1, {}), "pgd-3 train step": (0.4, {"ratio_vs_natural": 4.0}),
+             "fgsm-rs train step": (0.2, {"ratio_vs_natural": 2.0}), "forward": (0.05, {})}  # fmt: skip
+    benches = [
+        {"name": c, "group": "g", "stats": {"median": m, "iqr": 0.0, "rounds": 3},
+         "extra_info": {"table": "attack-floor", "case": "toy", "candidate": c, "baseline": c == "forward", **extra}}
+        for c, (m, extra) in steps.items()
+    ]  # fmt: skip
+    (raw / "cpu-attack-floor.json").write_text(json.dumps({"machine_info": {"device": "X"}, "benchmarks": benches}))
+    speed = tables.render_all(raw)["speed.md"]
+    section = speed.split("## Adversarial training step against natural (cpu-attack-floor)")[1]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+    assert "forward" not in rows and {"natural step", "pgd-3 train step", "fgsm-rs train step"} <= rows.keys(), rows
+    cells = [c.strip() for c in rows["pgd-3 train step"].split("|")]
+    assert "4" in cells and "3.2" in cells, rows["pgd-3 train step"]
+    assert "3.2" not in rows["fgsm-rs train step"], "the seed has no FGSM-RS figure"
+
+
 def test_nvml_reading_is_none_without_a_driver_and_mib_with_one() -> None:
     class NVMLError(Exception):
         pass
