@@ -34,7 +34,7 @@ def test_attack_memory_is_flat_in_steps(benchmark, device: torch.device, steps: 
     if device.type == "cuda":
         step = eval_step("pgd", device, steps=steps)
         step()
-        extra = {"cuda_peak_mib": cuda_memory_mib(step, device)["cuda_max_allocated_mib"]}
+        extra = cuda_memory_mib(step, device)  # allocated, reserved and NVML: each its own column
     else:
         setup = f"from bench.attack.cases import eval_step\nstep = eval_step('pgd', 'cpu', steps={steps})"
         memory = process_memory_mib(setup, "step()", threads=torch.get_num_threads())

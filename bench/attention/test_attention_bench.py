@@ -14,9 +14,9 @@ from bench.attention.cases import CANDIDATES, batch_for, make_attention_step, ma
 from bench.device import cuda_memory_mib, process_memory_mib, synchronized
 
 
-def _memory_mib(device: torch.device, setup: str, step_fn) -> dict[str, float]:
+def _memory_mib(device: torch.device, setup: str, step_fn) -> dict[str, float | None]:
     if device.type == "cuda":
-        return {"cuda_peak_mib": cuda_memory_mib(step_fn, device)["cuda_max_allocated_mib"]}
+        return cuda_memory_mib(step_fn, device)  # allocated, reserved and NVML: each its own column
     return {"rss_peak_mib": process_memory_mib(setup, "step()", threads=torch.get_num_threads())["step_peak_mib"]}
 
 
