@@ -56,16 +56,11 @@ def run_demo(cfg: DemoConfig) -> Path:
     flags the command line's `UsageError`, a checkpoint that does not load `CheckpointError`; a training that stops
     raises `DemoTrainingFailed`. Anything else (a plain ValueError included) is a bug and keeps its traceback.
     """
-    from impl.data import DataError, is_synthetic, make_synthetic
+    from impl.data import DataError, make_synthetic
 
     synthetic = cfg.data is None
     data = cfg.synth_root if cfg.data is None else cfg.data
-    if synthetic and not (data / "train.txt").is_file():
-        # make_synthetic refuses these two with a plain ValueError; as DataErrors they are input errors, not bugs
-        if data.exists() and not data.is_dir():
-            raise DataError(f"{data} exists and is not a folder (--synth-root needs a folder for the synthetic set)")
-        if data.is_dir() and any(data.iterdir()) and not is_synthetic(data):
-            raise DataError(f"{data} is not empty and holds no synthetic set: refusing to write one over it")
+    if synthetic and not (data / "train.txt").is_file():  # make_synthetic refuses a file or a foreign folder
         log.info("making the SYNTHETIC dataset in %s", data)
         make_synthetic(data)
     elif not synthetic and not data.is_dir():

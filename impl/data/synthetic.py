@@ -20,6 +20,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from impl.data.miniplaces import DataError
+
 log = logging.getLogger(__name__)
 
 MARKER_FILE = "SYNTHETIC.md"  # its presence says "this folder is a synthetic set; make_synthetic may rewrite it"
@@ -263,10 +265,11 @@ def is_synthetic(root: str | Path) -> bool:
 
 
 def _claim(root: Path) -> None:
+    """Refuse a root that is a file or holds something else (a DataError: bad input, not a bug)."""
     if root.exists() and not root.is_dir():
-        raise ValueError(f"{root} exists and is not a folder")
+        raise DataError(f"{root} exists and is not a folder (the synthetic set needs a folder)")
     if root.is_dir() and any(root.iterdir()) and not is_synthetic(root):
-        raise ValueError(f"{root} is not empty and holds no {MARKER_FILE}: refusing to write a synthetic set over it")
+        raise DataError(f"{root} is not empty and holds no synthetic set, i.e. no {MARKER_FILE}: refusing to write one")
     root.mkdir(parents=True, exist_ok=True)
     (root / MARKER_FILE).write_text(
         "# SYNTHETIC data: not MiniPlaces images\n\n"
