@@ -140,7 +140,7 @@ def _mean_std(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]
 
 def _normalize(pixels: Tensor) -> Tensor:
     mean, std = _mean_std(pixels.device, pixels.dtype)
-    return (pixels - mean) / std
+    return pixels.sub_(mean).div_(std)  # in place: `pixels` is grid_sample's fresh output, used only here
 
 
 def _check(images: Tensor) -> None:

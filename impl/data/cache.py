@@ -59,7 +59,7 @@ def _key(dataset: MiniPlaces, size: int) -> str:
         for path, label in dataset.samples:
             st = os.stat(path)
             h.update(f"\n{os.fspath(path).removeprefix(images_dir)}\0{label}\0{st.st_size},{st.st_mtime_ns}".encode())
-    except FileNotFoundError:
+    except OSError:  # missing, or a listed path through a file (NotADirectoryError)
         MiniPlaces(dataset.root, dataset.split)  # raises the error naming the split file's line
         raise
     return h.hexdigest()[:16]
