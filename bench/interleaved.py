@@ -9,6 +9,7 @@ the table script of bench/ reads from reports/raw/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -118,7 +119,8 @@ def interleave_processes(
             return times
         finally:
             for proc in workers.values():
-                proc.stdin.close()
+                with contextlib.suppress(BrokenPipeError):  # a worker that died keeps our unsent "\n" buffered
+                    proc.stdin.close()
                 proc.wait()
             for log in logs.values():
                 log.close()

@@ -155,8 +155,12 @@ def step():
 
 def test_a_failing_benchmark_worker_is_named_with_its_error() -> None:
     """A candidate whose setup raises is reported by name with the end of its stderr, not as a hang or a bare
-    ValueError from parsing an empty line."""
-    setups = {"fine": "def step(): pass", "broken": "raise ImportError('no module named nowhere')"}
+    ValueError from parsing an empty line, and not as a BrokenPipeError when it died while an earlier, slower
+    worker was still setting up (the slow setup makes that the path taken)."""
+    setups = {
+        "fine": "import time\ntime.sleep(3)\ndef step(): pass",
+        "broken": "raise ImportError('no module named nowhere')",
+    }
     with pytest.raises(RuntimeError, match=r"(?s)worker 'broken' exited with status 1.*no module named nowhere"):
         interleave_processes(setups, 1, torch.device("cpu"))
 
