@@ -394,13 +394,12 @@ def _check_device_data_args(args: argparse.Namespace) -> None:
 def _device_loaders(args: argparse.Namespace, cfg: TrainConfig, device: torch.device) -> Any:
     """(train, val) DeviceLoaders of --data-on-device, from each split's uint8 cache (decoded on first use)."""
     from impl.data.gpu import cached_loader
-    from impl.train import require_a_batch
+    from impl.experiments import device_train_loader
 
-    kwargs = {"device": device, "seed": cfg.seed, "channels_last": cfg.channels_last, "cache_dir": args.cache_dir,
-              "progress": args.progress}  # fmt: skip
-    train = cached_loader(args.data_folder, "train", cfg.batch_size, **kwargs)
-    require_a_batch(train, cfg.batch_size, train.images.shape[0], args.data_folder / "train.txt")
-    return train, cached_loader(args.data_folder, "val", cfg.val_batch_size, **kwargs)
+    train = device_train_loader(args.data_folder, cfg, 128, device, args.progress, cache_dir=args.cache_dir)
+    val = cached_loader(args.data_folder, "val", cfg.val_batch_size, device=device, seed=cfg.seed,
+                        channels_last=cfg.channels_last, cache_dir=args.cache_dir, progress=args.progress)  # fmt: skip
+    return train, val
 
 
 def _model_name(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> str:

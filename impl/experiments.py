@@ -637,16 +637,19 @@ def _run_training(
     return result | {"metrics": metrics}
 
 
-def device_train_loader(root: Path, cfg: Any, size: int, device: torch.device, progress: bool = False) -> Any:
-    """The training split as a DeviceLoader: the uint8 cache (decoded on first use, at the images' 128 px) with the
-    course augmentation at the recipe's crop `size` (its canvas 9/8 of it, as `_datasets`), cfg's batch and seed."""
+def device_train_loader(
+    root: Path, cfg: Any, size: int, device: torch.device, progress: bool = False, cache_dir: Path | None = None
+) -> Any:
+    """The training split as a DeviceLoader: the uint8 cache (decoded on first use, at the images' 128 px; in
+    `cache_dir` or the default cache folder) with the course augmentation at crop `size` (its canvas 9/8 of it, as
+    `_datasets`; 128 is the course's), cfg's batch, seed and layout; a batch larger than the split is one error."""
     from impl.data.batch_transforms import AugmentConfig
     from impl.data.gpu import cached_loader
     from impl.train import require_a_batch
 
     augment = AugmentConfig(size=size, resize=size * 9 // 8)
     loader = cached_loader(root, "train", cfg.batch_size, device=device, augment=augment, seed=cfg.seed,
-                           channels_last=cfg.channels_last, progress=progress)  # fmt: skip
+                           channels_last=cfg.channels_last, cache_dir=cache_dir, progress=progress)  # fmt: skip
     require_a_batch(loader, cfg.batch_size, loader.images.shape[0], root / "train.txt")
     return loader
 
